@@ -1,0 +1,12 @@
+"""ssmax-jax: Scalable-Softmax attention for JAX and Flax.
+
+  ssmax_jax.dot_product_attention  the op (SSMax, softmax, or any multiplier c)
+  ssmax_jax.attention_counts       n, keys attended per query, for any mask
+  ssmax_jax.logit_multiplier       c for every variant name in ssmax_jax.VARIANTS
+  ssmax_jax.nn                     Flax NNX modules and linen/NNX attention_fn drop-ins
+  ssmax_jax.models                 the paper's transformer
+"""
+from ssmax_jax.ops import (IMPLEMENTATIONS, VARIANTS, attention_counts, default_s_init,
+                           dot_product_attention, logit_multiplier)
+
+__version__ = "0.1.0"

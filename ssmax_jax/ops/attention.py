@@ -1,0 +1,172 @@
+"""The public op: SSMax (or any length-scaled) dot-product attention with backend choice."""
+import math
+
+import jax
+import jax.numpy as jnp
+
+from ssmax_jax.ops import masks, variants, xla
+
+IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
+
+
+def _check_qkv(query, key, value):
+  for name, x in (("query", query), ("key", key), ("value", value)):
+    if jnp.ndim(x) != 4:
+      raise ValueError(f"{name} has shape {jnp.shape(x)}; expected rank 4 "
+                       f"({'[B,T,N,H]' if name == 'query' else '[B,S,K,H]'}).")
+  B, T, N, H = query.shape
+  if key.shape != value.shape:
+    raise ValueError(f"key {key.shape} and value {value.shape} must have the same shape [B,S,K,H].")
+  if key.shape[0] != B:
+    raise ValueError(f"key/value batch {key.shape[0]} != query batch {B}; they must match.")
+  if key.shape[3] != H:
+    raise ValueError(f"key/value head dim {key.shape[3]} != query head dim {H}; they must match.")
+  if N % key.shape[2]:
+    raise ValueError(f"query has {N} heads and key/value {key.shape[2]}: N % K must be 0 (GQA).")
+
+
+def _multiplier(spec, num_heads, s, b, logit_multiplier):
+  """c [B,T,N] float32, or None for plain softmax."""
+  if b is not None and s is None:
+    raise ValueError("b was given without s; b is the bias of s*log(n) + b: pass s as well.")
+  if logit_multiplier is not None:
+    if s is not None or b is not None:
+      raise ValueError("logit_multiplier is exclusive with s and b: pass either the multiplier c,"
+                       " or s (and b) to have it computed from n.")
+    c = jnp.asarray(logit_multiplier, jnp.float32)
+    want = (spec.batch, spec.q_len, num_heads)
+    if c.ndim != 3 or c.shape[:2] != want[:2] or c.shape[2] not in (1, num_heads):
+      raise ValueError(f"logit_multiplier has shape {c.shape}; expected [B,T,N]={list(want)}.")
+    return jnp.broadcast_to(c, want)
+  if s is None:
+    return None
+  variant = "ssmax" if b is None else "ssmax_bias"
+  n = masks.counts_from_spec(spec)
+  return variants.logit_multiplier(variant, n, s=s, b=b, num_heads=num_heads)
+
+
+def _cudnn_supports(query, spec, bias):
+  del bias
+  return (jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)
+          and spec.q_seg_BT is None and query.shape[-1] % 8 == 0 and query.shape[-1] <= 128
+          and (spec.window is None or (spec.causal and spec.window[1] == 0)))
+
+
+def _pallas_supports(spec, bias):
+  return bias is None and spec.mask_BNTS is None
+
+
+def _choose(implementation, query, spec, bias, default_positions):
+  if implementation is not None and implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r} is unknown; choose None or one of "
+                     f"{', '.join(map(repr, IMPLEMENTATIONS))}.")
+  if implementation == "pallas" and not _pallas_supports(spec, bias):
+    raise ValueError("implementation='pallas' does not take a dense mask or bias; express the mask"
+                     " with is_causal/segment_ids/local_window_size/lengths, or use 'xla'.")
+  if implementation == "cudnn" and (spec.q_seg_BT is not None or not default_positions):
+    raise ValueError("implementation='cudnn' does not take segment_ids or query_positions; use"
+                     " 'pallas' or 'xla'.")
+  if implementation is not None:
+    return implementation
+  platform = jax.default_backend()
+  if platform == "cpu":
+    return "xla"
+  if platform == "gpu" and default_positions and _cudnn_supports(query, spec, bias):
+    return "cudnn"
+  if _pallas_supports(spec, bias) and (platform == "tpu" or query.dtype != jnp.float32):
+    return "pallas"
+  return "xla"
+
+
+def _run_pallas(q, k, v, c, spec, scale):
+  platform = jax.default_backend()
+  interpret = platform == "cpu"
+  if platform == "tpu":
+    from ssmax_jax.kernels import mosaic_tpu as backend
+  else:
+    from ssmax_jax.kernels import triton_gpu as backend
+  if c is None:
+    c = jnp.ones(q.shape[:3], jnp.float32)
+  return backend.flash_attention(q, k, v, c, spec.q_pos_BT, spec.q_seg_BT, spec.kv_seg_BS,
+                                 spec.kv_len_B, scale=scale, causal=spec.causal,
+                                 window=spec.window, interpret=interpret)
+
+
+def _run_cudnn(q, k, v, c, spec, scale, bias):
+  if c is not None:
+    # cuDNN has no multiplier input: fold c into q (rounded to q's dtype; docs/variants.md).
+    q = (q.astype(jnp.float32) * c[..., None]).astype(q.dtype)
+  mask = spec.mask_BNTS
+  out = jax.nn.dot_product_attention(
+      q, k, v, bias=bias, mask=mask, scale=scale, is_causal=spec.causal,
+      key_value_seq_lengths=spec.kv_len_B, local_window_size=spec.window,
+      implementation="cudnn")
+  # jax.nn returns mean(v) for a query with no key; we return zeros like every other backend.
+  n = masks.counts_from_spec(spec)
+  attends = (n > 0) if n.ndim == 3 else (n > 0)[:, :, None]
+  return jnp.where(attends[..., None], out, 0).astype(q.dtype)
+
+
+def dot_product_attention(query, key, value, bias=None, mask=None, *, s=None, b=None,
+                          logit_multiplier=None, scale=None, is_causal=False, segment_ids=None,
+                          query_positions=None, local_window_size=None, query_seq_lengths=None,
+                          key_value_seq_lengths=None, implementation=None):
+  """Scaled dot-product attention whose logits for query i are multiplied by c_i.
+
+  query [B,T,N,H], key/value [B,S,K,H] (GQA when N % K == 0). c comes from one of:
+  s (and b): c = s*log(n) (+ b), n = keys query i attends after every mask (SSMax);
+  logit_multiplier: c given directly as float32 [B,T,N] (any variant, see `logit_multiplier`);
+  none of them: c = 1, plain softmax, equal to jax.nn.dot_product_attention except that a
+  query attending no key returns zeros. Masks (all combined): is_causal with query_positions
+  ([B,T] or [T], default arange(T)), segment_ids ([B,T], or a ([B,T], [B,S]) pair),
+  local_window_size ((left, right) or int), key_value_seq_lengths [B], dense boolean `mask`
+  broadcastable to [B,N,T,S]. bias is added to the logits after c and does not change n.
+  query_seq_lengths [B] zeroes the rows past each length. implementation: None (fastest for the
+  platform and arguments), 'xla', 'cudnn' or 'pallas'. Returns [B,T,N,H] in query's dtype.
+  """
+  _check_qkv(query, key, value)
+  B, T, N, H = query.shape
+  spec = masks.make_mask_spec(
+      query.shape, key.shape, mask, is_causal=is_causal, segment_ids=segment_ids,
+      query_positions=query_positions, local_window_size=local_window_size,
+      query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
+      num_heads=N)
+  if bias is not None:
+    bias = jnp.asarray(bias)
+    try:
+      jnp.broadcast_shapes(bias.shape, (B, N, T, key.shape[1]))
+    except ValueError:
+      raise ValueError(f"bias has shape {bias.shape}, not broadcastable to [B,N,T,S]="
+                       f"{[B, N, T, key.shape[1]]}.") from None
+  impl = _choose(implementation, query, spec, bias, query_positions is None)
+  c = _multiplier(spec, N, s, b, logit_multiplier)
+  scale = 1.0 / math.sqrt(H) if scale is None else float(scale)
+
+  if impl == "xla":
+    out = xla.attention_xla(query, key, value, c, spec, scale=scale, bias=bias)
+  elif impl == "cudnn":
+    out = _run_cudnn(query, key, value, c, spec, scale, bias)
+  else:
+    out = _run_pallas(query, key, value, c, spec, scale)
+  if spec.q_valid_B is not None:
+    valid_BT = jnp.arange(T)[None, :] < spec.q_valid_B[:, None]
+    out = jnp.where(valid_BT[:, :, None, None], out, 0).astype(out.dtype)
+  return out
+
+
+def attention_counts(query, key, mask=None, *, is_causal=False, segment_ids=None,
+                     query_positions=None, local_window_size=None, key_value_seq_lengths=None):
+  """n, the number of keys each query attends: int32 [B,T] ([B,T,N] if `mask` varies by head).
+
+  query [B,T,...] and key [B,S,...] give the shapes (arrays or jax.ShapeDtypeStruct); the
+  masking arguments are those of `dot_product_attention`.
+  """
+  for name, x in (("query", query), ("key", key)):
+    if len(jnp.shape(x)) < 2:
+      raise ValueError(f"{name} has shape {jnp.shape(x)}; expected at least [B, length].")
+  num_heads = query.shape[2] if len(query.shape) >= 3 else None
+  spec = masks.make_mask_spec(
+      query.shape, key.shape, mask, is_causal=is_causal, segment_ids=segment_ids,
+      query_positions=query_positions, local_window_size=local_window_size,
+      key_value_seq_lengths=key_value_seq_lengths, num_heads=num_heads)
+  return masks.counts_from_spec(spec)
