@@ -1,0 +1,215 @@
+"""SSMax attention as Flax modules: a full attention layer and attention_fn drop-ins."""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ssmax_jax import ops
+from ssmax_jax.nn.layers import Dense, rope
+from ssmax_jax.nn.partitioning import shard
+
+
+class LogitScale(nnx.Module):
+  """A variant's multiplier c = f(n) and its learned parameters (s, and b for ssmax_bias).
+
+  variant: a name in ssmax_jax.VARIANTS. s is initialised to s_init (default
+  1/mean(log n, n=1..l_train)); ssmax_fixed uses the constant fixed_s.
+  """
+
+  def __init__(self, num_heads, variant="ssmax", *, l_train=1024, s_init=None, b_init=0.0,
+               fixed_s=1.0, floor_scale=8192.0, attn_scale=0.1):
+    self.num_heads = num_heads
+    self.l_train = l_train
+    self.fixed_s = fixed_s
+    self.floor_scale = floor_scale
+    self.attn_scale = attn_scale
+    self.s = nnx.data(None)  # data, not static: set_variant may fill them later
+    self.b = nnx.data(None)
+    self.set_variant(variant, s_init=s_init, b_init=b_init)
+
+  def set_variant(self, variant, *, s_init=None, b_init=0.0):
+    """Switches the variant, adding s (and b) when it learns them and keeping existing ones.
+
+    This is how softmax pretraining moves to SSMax (the paper's variants (e) and (f)) and how an
+    inference-only variant (qwen_logn, llama4_temperature) is evaluated on a softmax model.
+    """
+    ops.check_variant(variant)
+    self.variant = variant
+    if variant in ops.LEARNED_VARIANTS and self.s is None:
+      s0 = ops.default_s_init(self.l_train) if s_init is None else s_init
+      self.s = nnx.Param(jnp.full((self.num_heads,), s0, jnp.float32),
+                         out_sharding=("head_scalars",), eager_sharding=False)
+    if variant == "ssmax_bias" and self.b is None:
+      self.b = nnx.Param(jnp.full((self.num_heads,), b_init, jnp.float32),
+                         out_sharding=("head_scalars",), eager_sharding=False)
+
+  def attention_kwargs(self, query, key, mask=None, **mask_kwargs):
+    """Keyword arguments (s, b or logit_multiplier) for ssmax_jax.dot_product_attention."""
+    if self.variant == "softmax":
+      return {}
+    if self.variant == "ssmax":
+      return {"s": self.s[...]}
+    if self.variant == "ssmax_bias":
+      return {"s": self.s[...], "b": self.b[...]}
+    n = ops.attention_counts(query, key, mask, **mask_kwargs)
+    c = ops.logit_multiplier(
+        self.variant, n, s=self.fixed_s if self.variant == "ssmax_fixed" else None,
+        l_train=self.l_train, floor_scale=self.floor_scale, attn_scale=self.attn_scale,
+        num_heads=self.num_heads)
+    return {"logit_multiplier": c}
+
+
+class SSMaxAttention(nnx.Module):
+  """Multi-head (GQA) self-attention with RoPE and a length-scaled softmax.
+
+  x [B,T,D] -> [B,T,D]. Projections have no bias. RoPE theta can be overridden per call (the
+  paper raises it 50x at evaluation). `init_cache` enables decoding with a fixed-size KV cache.
+  """
+
+  def __init__(self, d_model, num_heads, *, num_kv_heads=None, head_dim=None, variant="ssmax",
+               l_train=1024, rope_theta=10000.0, s_init=None, b_init=0.0, fixed_s=1.0,
+               floor_scale=8192.0, attn_scale=0.1, implementation=None, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    num_kv_heads = num_kv_heads or num_heads
+    head_dim = head_dim or d_model // num_heads
+    if num_heads % num_kv_heads:
+      raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}.")
+    if head_dim % 2:
+      raise ValueError(f"head_dim={head_dim} must be even for RoPE.")
+    self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+    self.rope_theta = rope_theta
+    self.implementation = implementation
+    dense = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q_proj = Dense(d_model, num_heads * head_dim, ("embed", "heads"), **dense)
+    self.k_proj = Dense(d_model, num_kv_heads * head_dim, ("embed", "kv_heads"), **dense)
+    self.v_proj = Dense(d_model, num_kv_heads * head_dim, ("embed", "kv_heads"), **dense)
+    self.o_proj = Dense(num_heads * head_dim, d_model, ("heads", "embed"), **dense)
+    self.logit_scale = LogitScale(num_heads, variant, l_train=l_train, s_init=s_init,
+                                  b_init=b_init, fixed_s=fixed_s, floor_scale=floor_scale,
+                                  attn_scale=attn_scale)
+    self.cache_k, self.cache_v, self.cache_index = nnx.data(None), nnx.data(None), nnx.data(None)
+
+  def init_cache(self, batch_size, max_len, dtype=jnp.bfloat16):
+    shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
+    self.cache_k = nnx.Cache(jnp.zeros(shape, dtype))
+    self.cache_v = nnx.Cache(jnp.zeros(shape, dtype))
+    self.cache_index = nnx.Cache(jnp.zeros((), jnp.int32))
+
+  def __call__(self, x_BTD, *, positions_BT=None, segment_ids_BT=None, rope_theta=None,
+               decode=False):
+    B, T, _ = x_BTD.shape
+    N, K, H = self.num_heads, self.num_kv_heads, self.head_dim
+    theta = self.rope_theta if rope_theta is None else rope_theta
+    q_BTNH = shard(self.q_proj(x_BTD).reshape(B, T, N, H),
+                   ("act_batch", "act_seq", "act_heads", "act_head_dim"))
+    k_BTKH = shard(self.k_proj(x_BTD).reshape(B, T, K, H),
+                   ("act_batch", "act_seq", "act_kv_heads", "act_head_dim"))
+    v_BTKH = shard(self.v_proj(x_BTD).reshape(B, T, K, H),
+                   ("act_batch", "act_seq", "act_kv_heads", "act_head_dim"))
+    if decode:
+      if self.cache_k is None:
+        raise ValueError("decode=True needs a KV cache: call init_cache(batch_size, max_len) first.")
+      if segment_ids_BT is not None:
+        raise ValueError("segment_ids_BT is not supported with decode=True.")
+      start = self.cache_index[...]
+      positions_BT = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
+    elif positions_BT is None:
+      positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    q_BTNH = rope(q_BTNH, positions_BT, theta)
+    k_BTKH = rope(k_BTKH, positions_BT, theta)
+
+    if decode:
+      # Keys past each query's position are excluded by the causal mask, so the unused tail
+      # of the cache never counts towards n.
+      cache_k = jax.lax.dynamic_update_slice_in_dim(self.cache_k[...], k_BTKH.astype(
+          self.cache_k.dtype), start, axis=1)
+      cache_v = jax.lax.dynamic_update_slice_in_dim(self.cache_v[...], v_BTKH.astype(
+          self.cache_v.dtype), start, axis=1)
+      self.cache_k[...] = cache_k
+      self.cache_v[...] = cache_v
+      self.cache_index[...] = start + T
+      k_BSKH, v_BSKH = cache_k.astype(q_BTNH.dtype), cache_v.astype(q_BTNH.dtype)
+      mask_kwargs = dict(is_causal=True, query_positions=positions_BT)
+    else:
+      k_BSKH, v_BSKH = k_BTKH, v_BTKH
+      # Packed documents restart positions, so causal masking uses the row index (default
+      # query positions) while segment ids keep documents apart.
+      mask_kwargs = dict(is_causal=True, segment_ids=segment_ids_BT)
+    c_kwargs = self.logit_scale.attention_kwargs(q_BTNH, k_BSKH, **mask_kwargs)
+    out_BTNH = ops.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, **mask_kwargs, **c_kwargs,
+                                         implementation=self.implementation)
+    out_BTNH = shard(out_BTNH, ("act_batch", "act_seq", "act_heads", "act_head_dim"))
+    return self.o_proj(out_BTNH.reshape(B, T, N * H))
+
+
+def _check_no_dropout(dropout_rate, deterministic):
+  if dropout_rate and not deterministic:
+    raise ValueError(f"dropout_rate={dropout_rate} is not supported by SSMax attention (the paper"
+                     " uses none): set dropout_rate=0 or deterministic=True.")
+
+
+class SSMaxAttentionFn(nnx.Module):
+  """Drop-in `attention_fn` for flax.nnx.MultiHeadAttention, with its own learned s.
+
+  Use one instance per layer:
+    nnx.MultiHeadAttention(..., attention_fn=SSMaxAttentionFn(num_heads, 'ssmax'), rngs=rngs)
+  n is counted from the mask NNX passes (and is_causal).
+  """
+
+  def __init__(self, num_heads, variant="ssmax", *, l_train=1024, s_init=None, b_init=0.0,
+               fixed_s=1.0, floor_scale=8192.0, attn_scale=0.1, implementation=None):
+    self.logit_scale = LogitScale(num_heads, variant, l_train=l_train, s_init=s_init,
+                                  b_init=b_init, fixed_s=fixed_s, floor_scale=floor_scale,
+                                  attn_scale=attn_scale)
+    self.implementation = implementation
+
+  def __call__(self, query, key, value, bias=None, mask=None, *, is_causal=False,
+               dropout_rate=0.0, deterministic=True, dropout_rng=None, broadcast_dropout=True,
+               dtype=None, precision=None, module=None, **unused_kwargs):
+    del dropout_rng, broadcast_dropout, precision, module, unused_kwargs
+    _check_no_dropout(dropout_rate, deterministic)
+    if dtype is not None:
+      query, key, value = (x.astype(dtype) for x in (query, key, value))
+    c_kwargs = self.logit_scale.attention_kwargs(query, key, mask, is_causal=is_causal)
+    return ops.dot_product_attention(query, key, value, bias, mask, is_causal=is_causal,
+                                     implementation=self.implementation, **c_kwargs)
+
+
+def make_linen_attention_fn(variant="ssmax", *, l_train=1024, s_init=None, b_init=0.0,
+                            fixed_s=1.0, floor_scale=8192.0, attn_scale=0.1,
+                            implementation=None):
+  """An `attention_fn` for flax.linen.MultiHeadDotProductAttention.
+
+  Learned variants (ssmax, ssmax_bias) create their s (and b) as parameters 'ssmax_s' and
+  'ssmax_b' of the attention module, which linen hands to attention_fn only when the module
+  is built with sow_weights=True; other variants need nothing.
+  """
+  ops.check_variant(variant)
+
+  def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout=True,
+                   dropout_rng=None, dropout_rate=0.0, deterministic=True, dtype=None,
+                   precision=None, module=None):
+    del broadcast_dropout, dropout_rng, precision
+    _check_no_dropout(dropout_rate, deterministic)
+    if dtype is not None:
+      query, key, value = (x.astype(dtype) for x in (query, key, value))
+    num_heads = query.shape[2]
+    kwargs = {}
+    if variant in ops.LEARNED_VARIANTS:
+      if module is None:
+        raise ValueError(f"variant={variant!r} learns s: build MultiHeadDotProductAttention with"
+                         " sow_weights=True so that linen passes the module to attention_fn.")
+      s0 = ops.default_s_init(l_train) if s_init is None else s_init
+      kwargs["s"] = module.param("ssmax_s", lambda _, shape: jnp.full(shape, s0, jnp.float32),
+                                 (num_heads,))
+      if variant == "ssmax_bias":
+        kwargs["b"] = module.param(
+            "ssmax_b", lambda _, shape: jnp.full(shape, b_init, jnp.float32), (num_heads,))
+    elif variant != "softmax":
+      n = ops.attention_counts(query, key, mask)
+      kwargs["logit_multiplier"] = ops.logit_multiplier(
+          variant, n, s=fixed_s if variant == "ssmax_fixed" else None, l_train=l_train,
+          floor_scale=floor_scale, attn_scale=attn_scale, num_heads=num_heads)
+    return ops.dot_product_attention(query, key, value, bias, mask,
+                                     implementation=implementation, **kwargs)
+
+  return attention_fn

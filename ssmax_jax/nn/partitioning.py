@@ -1,0 +1,52 @@
+"""Logical axis names and the one table that maps them to mesh axes (data, fsdp, tensor).
+
+Parameters carry logical names in their `out_sharding` metadata; activations are constrained
+with `shard`. The trainer turns names into shardings with `nnx.logical_axis_rules(RULES)`.
+"""
+import jax
+from jax.sharding import PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+RULES = (
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_scalars", None),  # SSMax s and b: [N] floats, replicated
+    ("norm", None),
+    # activations
+    ("act_batch", ("data", "fsdp")),
+    ("act_seq", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_head_dim", None),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
+_RULES = dict(RULES)
+
+
+def logical_to_spec(names) -> P:
+  return P(*(_RULES[n] if n is not None else None for n in names))
+
+
+def shard(x: jax.Array, names) -> jax.Array:
+  """Constrains activation `x` to the mesh axes of its logical `names` when a mesh is set."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  spec = logical_to_spec(names)
+  # Drop mesh axes the current mesh lacks or that do not divide the dimension.
+  fixed = []
+  for dim, axes in zip(x.shape, spec):
+    axes_t = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+    axes_t = tuple(a for a in axes_t if a in mesh.shape)
+    size = 1
+    for a in axes_t:
+      size *= mesh.shape[a]
+    fixed.append(axes_t if axes_t and dim % size == 0 else None)
+  return jax.lax.with_sharding_constraint(x, P(*fixed))
