@@ -269,3 +269,26 @@ def test_bad_inputs_raise_value_error(kwargs, match):
 def test_unknown_variant():
   with pytest.raises(ValueError, match="variant"):
     ssmax_jax.logit_multiplier("ssmax2", np.ones((1, 3), int))
+
+
+@pytest.mark.parametrize("mask_name", ["causal", "segments", "positions"])
+def test_pallas_implementation_matches_xla(mask_name):
+  """The op's 'pallas' route (interpret mode on CPU) agrees with 'xla', gradients included."""
+  op_mask, _ = MASK_CASES[mask_name]
+  q, k, v = _qkv(20)
+  s = jnp.asarray(VARIANT_ARGS["ssmax"]["s"])
+
+  def loss(impl, q, s):
+    out = ssmax_jax.dot_product_attention(q, k, v, s=s, **op_mask, implementation=impl)
+    return jnp.sum(out * jnp.arange(H)), out
+
+  (_, out_p), g_p = jax.value_and_grad(lambda *a: loss("pallas", *a), (0, 1), has_aux=True)(q, s)
+  (_, out_x), g_x = jax.value_and_grad(lambda *a: loss("xla", *a), (0, 1), has_aux=True)(q, s)
+  np.testing.assert_allclose(out_p, out_x, rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(g_p, g_x, rtol=1e-4, atol=1e-5)
+
+
+def test_pallas_rejects_dense_mask():
+  q, k, v = _qkv(21)
+  with pytest.raises(ValueError, match="pallas"):
+    ssmax_jax.dot_product_attention(q, k, v, mask=np.ones((T, S), bool), implementation="pallas")

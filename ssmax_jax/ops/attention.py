@@ -78,18 +78,22 @@ def _choose(implementation, query, spec, bias, default_positions):
   return "xla"
 
 
-def _run_pallas(q, k, v, c, spec, scale):
+def _run_pallas(q, k, v, c, spec, scale, default_positions):
   platform = jax.default_backend()
-  interpret = platform == "cpu"
   if platform == "tpu":
     from ssmax_jax.kernels import mosaic_tpu as backend
-  else:
+  elif platform == "gpu":
+    # The Hopper kernel hands every call it cannot take to the Triton kernel itself.
+    from ssmax_jax.kernels import mosaic_gpu as backend
+  else:  # CPU: the portable GPU kernel in interpret mode, so that its code is exercised
     from ssmax_jax.kernels import triton_gpu as backend
   if c is None:
     c = jnp.ones(q.shape[:3], jnp.float32)
-  return backend.flash_attention(q, k, v, c, spec.q_pos_BT, spec.q_seg_BT, spec.kv_seg_BS,
+  # None tells the kernels that positions are arange(T), which enables their fastest paths.
+  q_pos = None if default_positions else spec.q_pos_BT
+  return backend.flash_attention(q, k, v, c, q_pos, spec.q_seg_BT, spec.kv_seg_BS,
                                  spec.kv_len_B, scale=scale, causal=spec.causal,
-                                 window=spec.window, interpret=interpret)
+                                 window=spec.window, interpret=platform == "cpu")
 
 
 def _run_cudnn(q, k, v, c, spec, scale, bias):
@@ -147,7 +151,7 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, s=None, b=
   elif impl == "cudnn":
     out = _run_cudnn(query, key, value, c, spec, scale, bias)
   else:
-    out = _run_pallas(query, key, value, c, spec, scale)
+    out = _run_pallas(query, key, value, c, spec, scale, query_positions is None)
   if spec.q_valid_B is not None:
     valid_BT = jnp.arange(T)[None, :] < spec.q_valid_B[:, None]
     out = jnp.where(valid_BT[:, :, None, None], out, 0).astype(out.dtype)
