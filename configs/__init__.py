@@ -1,0 +1,1 @@
+"""Training configs (ml_collections): python -m experiments.train --config=configs/<name>.py"""

@@ -1,0 +1,107 @@
+"""Training throughput of configs/paper_162m.py on one device: tokens/s and MFU of the full
+train step (forward, fused chunked loss, backward, AdamW) on random tokens, batch 32 x 1024.
+
+  python -m experiments.bench_train                       # the default set of configurations
+  python -m experiments.bench_train --attention=ssmax --vocab_pad=64 --chunk=8192,32768
+  python -m experiments.bench_train --small               # CPU smoke test with a tiny model
+
+Prints one line per configuration as it is measured, then a table. MFU counts
+6 x non-embedding parameters + 6 x layers x T x d_model FLOPs per token (as
+shared/bench/jax_gpt_anchor.py) against config.train.peak_tflops or the device's known peak.
+"""
+import itertools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from absl import flags
+
+from configs import paper_162m
+from ssmax_jax.models.transformer import count_params
+from ssmax_jax.train import config as config_lib
+from ssmax_jax.train import mesh as mesh_lib
+from ssmax_jax.train import trainer
+from ssmax_jax.train.optim import make_optimizer
+from ssmax_jax.train.step import flops_per_token
+
+_BATCH = flags.DEFINE_integer("batch", 32, "Sequences per step.")
+_SEQ = flags.DEFINE_integer("seq", 1024, "Sequence length.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per configuration (after 3 warm-up).")
+_ATTENTION = flags.DEFINE_list("attention", ["softmax", "ssmax"], "Attention variants.")
+_VOCAB_PAD = flags.DEFINE_list("vocab_pad", ["64", "1"], "model.vocab_pad_multiple values.")
+_CHUNK = flags.DEFINE_list("chunk", ["8192"], "train.loss_chunk_tokens values.")
+_REMAT = flags.DEFINE_list("remat", ["false"], "model.remat values.")
+_SMALL = flags.DEFINE_bool("small", False, "A tiny model for a CPU smoke test.")
+
+
+def _config(attention, vocab_pad, chunk, remat):
+  c = paper_162m.get_config()
+  c.model.update(attention=attention, vocab_pad_multiple=vocab_pad, remat=remat)
+  c.train.update(batch_size=_BATCH.value, seq_len=_SEQ.value, grad_accum_steps=1,
+                 loss_chunk_tokens=chunk)
+  c.mesh.shape = (1, 1, 1)
+  if _SMALL.value:
+    c.model.update(vocab_size=512, d_model=64, num_layers=2, num_heads=4, d_ff=128,
+                   dtype="float32")
+  return c
+
+
+def measure(config) -> dict:
+  cfg = config_lib.validate(config)
+  mesh = mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  tx = make_optimizer(config.optimizer, config.train.num_steps)
+  st = trainer._State.init(cfg, tx, mesh, config)
+  B, T = config.train.batch_size, config.train.seq_len
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, cfg.vocab_size, (B, T + 1), dtype=np.int32)
+  batch = dict(inputs=tokens[:, :-1], targets=tokens[:, 1:],
+               segment_ids=np.ones((B, T), np.int32),
+               positions=np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)),
+               loss_mask=np.ones((B, T), np.float32))
+  batch = jax.device_put({k: jnp.asarray(v) for k, v in batch.items()},
+                         mesh_lib.batch_sharding(mesh))
+  with jax.set_mesh(mesh):
+    t0 = time.perf_counter()
+    st.state, metrics = st.step_fn(st.state, batch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - t0
+    for _ in range(3):
+      st.state, metrics = st.step_fn(st.state, batch)
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(_STEPS.value):
+      st.state, metrics = st.step_fn(st.state, batch)
+    loss = float(metrics["loss"])  # waits for the last step
+    dt = (time.perf_counter() - t0) / _STEPS.value
+  num_params = count_params(st.objects()[0])
+  tps = B * T / dt
+  peak = trainer._peak_flops(config)
+  return dict(params=num_params, compile_s=compile_s, step_ms=dt * 1e3, tokens_per_s=tps,
+              mfu=tps * flops_per_token(cfg, num_params, T) / peak if peak else None, loss=loss)
+
+
+def main(argv):
+  del argv
+  device = jax.devices()[0]
+  print(f"jax {jax.__version__}, {device.platform} {device.device_kind}, "
+        f"batch {_BATCH.value} x {_SEQ.value}", flush=True)
+  rows = []
+  for attention, pad, chunk, remat in itertools.product(
+      _ATTENTION.value, _VOCAB_PAD.value, _CHUNK.value, _REMAT.value):
+    name = f"attention={attention} vocab_pad={pad} chunk={chunk} remat={remat}"
+    r = measure(_config(attention, int(pad), int(chunk), remat.lower() == "true"))
+    mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.3f}"
+    print(f"{name}: params={r['params'] / 1e6:.1f}M compile={r['compile_s']:.0f}s "
+          f"step={r['step_ms']:.1f}ms tokens/s={r['tokens_per_s']:,.0f} MFU={mfu} "
+          f"loss={r['loss']:.3f}", flush=True)
+    rows.append((name, r))
+  print(f"\n| configuration | step ms | tokens/s | MFU |\n|---|---|---|---|")
+  for name, r in rows:
+    mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.3f}"
+    print(f"| {name} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} |")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,174 @@
+"""The training config schema (ml_collections) and its validation.
+
+Every config file starts from `default_config()` and changes values; a key that is not in the
+schema is an error. `validate` raises a ValueError naming the key and the fix before any compute.
+"""
+import dataclasses
+import json
+
+import ml_collections
+from ml_collections import config_dict
+
+from ssmax_jax.models.transformer import TransformerConfig
+
+SCHEDULES = ("constant", "cosine")
+DATA_KINDS = ("lm", "needle")
+
+
+def _model_defaults() -> ml_collections.ConfigDict:
+  fields = {}
+  for f in dataclasses.fields(TransformerConfig):
+    value = f.default
+    if value is None:  # typed placeholders so that --config.model.X=... can set them
+      value = config_dict.placeholder({"num_kv_heads": int, "s_init": float}.get(f.name, str))
+    fields[f.name] = value
+  fields["l_train"] = config_dict.placeholder(int)  # None: train.seq_len
+  return ml_collections.ConfigDict(fields)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The schema with defaults: the paper's model, small data and step counts."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.distributed = False  # True: jax.distributed.initialize() (one process per host)
+  c.model = _model_defaults()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.kind = "lm"  # 'lm': next-token prediction on data.source; 'needle': retrieval examples
+  c.data.source = "shakespeare"  # 'shakespeare', a prep_data directory or a flat token file
+  c.data.tokenizer = "byte"  # 'byte' | 'gpt2'
+  c.data.packing = False  # True: documents packed with segment ids (n restarts per document)
+  c.data.worker_count = 0
+  c.data.seed = 0
+  c.data.needle_min_context = 256  # needle: context lengths drawn from [min, seq_len + 1]
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 100
+  c.train.batch_size = 32  # global, in sequences, summed over accumulation steps
+  c.train.seq_len = 1024
+  c.train.grad_accum_steps = 1
+  c.train.loss_chunk_tokens = 8192  # the loss materialises [chunk, vocab] logits at a time
+  c.train.log_every = 10
+  c.train.peak_tflops = config_dict.placeholder(float)  # per device; None: known devices only
+  c.train.progress_bar = True
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 6e-4
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.1  # on parameters of rank >= 2 only
+  c.optimizer.clip_norm = 1.0
+  c.optimizer.schedule = "constant"  # after warm-up: 'constant' | 'cosine'
+  c.optimizer.warmup_steps = 0
+  c.optimizer.final_lr_ratio = 0.1  # cosine: lr at the last step / lr
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 1000
+  c.checkpoint.keep = 3
+  c.checkpoint.async_save = True
+
+  # Fine-tuning and variant (e): start from the parameters of another run's checkpoint (its
+  # optimizer state is not used). A softmax checkpoint with model.attention='ssmax' gets s added.
+  c.init = ml_collections.ConfigDict()
+  c.init.workdir = ""
+  c.init.step = config_dict.placeholder(int)  # None: the latest
+
+  # Variant (f): switch every layer to `attention` at `step` (s enters the optimizer state then).
+  c.switch = ml_collections.ConfigDict()
+  c.switch.step = -1  # -1: never
+  c.switch.attention = "ssmax"
+  c.switch.s_init = config_dict.placeholder(float)  # None: 1 / mean(log n, n = 1..l_train)
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.prompt = ""
+  c.sample.num_tokens = 0  # > 0: print a sample of this many tokens after training
+  c.sample.temperature = 0.8  # 0: greedy
+  return c
+
+
+def _check_keys(config, schema, prefix=""):
+  for key in config.keys():
+    name = prefix + key
+    if key not in schema:
+      raise ValueError(f"unknown config key {name!r}; known keys at this level: "
+                       f"{', '.join(sorted(schema.keys()))}.")
+    if isinstance(schema[key], ml_collections.ConfigDict):
+      if not isinstance(config[key], (ml_collections.ConfigDict, dict)):
+        raise ValueError(f"config key {name!r} must be a group of keys, got {config[key]!r}.")
+      _check_keys(config[key], schema[key], name + ".")
+
+
+def model_config(config) -> TransformerConfig:
+  """The TransformerConfig of `config.model` (raises ValueError on a bad architecture)."""
+  kw = dict(config.model)
+  kw["l_train"] = kw.get("l_train") or config.train.seq_len
+  try:
+    return TransformerConfig(**kw)
+  except ValueError as e:
+    raise ValueError(f"config.model: {e}") from None
+
+
+def _positive(config, *names):
+  for name in names:
+    group, key = name.split(".")
+    if config[group][key] < 1:
+      raise ValueError(f"config.{name}={config[group][key]} must be >= 1.")
+
+
+def validate(config) -> TransformerConfig:
+  """Checks `config` against the schema and itself; returns the model config.
+
+  Checks needing devices or data (mesh sizes, batch split, token ids) are in the trainer.
+  """
+  _check_keys(config, default_config())
+  cfg = model_config(config)
+  _positive(config, "train.num_steps", "train.batch_size", "train.seq_len",
+            "train.grad_accum_steps", "train.log_every", "train.loss_chunk_tokens",
+            "checkpoint.every_steps", "checkpoint.keep")
+  t, o = config.train, config.optimizer
+  if t.batch_size % t.grad_accum_steps:
+    raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by "
+                     f"config.train.grad_accum_steps={t.grad_accum_steps}.")
+  if o.schedule not in SCHEDULES:
+    raise ValueError(f"config.optimizer.schedule={o.schedule!r}; choose one of {SCHEDULES}.")
+  if o.lr <= 0 or o.warmup_steps < 0 or o.clip_norm < 0 or o.weight_decay < 0:
+    raise ValueError("config.optimizer: lr must be > 0 and warmup_steps, clip_norm, "
+                     "weight_decay >= 0.")
+  if config.data.kind not in DATA_KINDS:
+    raise ValueError(f"config.data.kind={config.data.kind!r}; choose one of {DATA_KINDS}.")
+  shape = tuple(config.mesh.shape)
+  if len(shape) != 3 or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f"config.mesh.shape={shape} must be 3 sizes (data, fsdp, tensor), each "
+                     ">= 1 or one of them -1 (the remaining devices).")
+  if config.switch.step >= 0:
+    if config.switch.step >= t.num_steps:
+      raise ValueError(f"config.switch.step={config.switch.step} must be < "
+                       f"config.train.num_steps={t.num_steps} (or -1 for no switch).")
+    TransformerConfig(**{**dict(config.model), "attention": config.switch.attention,
+                         "l_train": cfg.l_train})
+    if cfg.attention == config.switch.attention:
+      raise ValueError(f"config.switch.attention={config.switch.attention!r} equals "
+                       "config.model.attention: nothing to switch; set config.switch.step=-1.")
+  return cfg
+
+
+def to_json(config) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """A config saved by `to_json`, completed with the schema's defaults for keys it lacks."""
+  config = default_config()
+  saved = json.loads(text)
+  for group, value in saved.items():
+    if isinstance(value, dict) and group in config:
+      for key, v in value.items():
+        if key in config[group]:
+          config[group][key] = tuple(v) if isinstance(v, list) else v
+    elif group in config:
+      config[group] = value
+  return config

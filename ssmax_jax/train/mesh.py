@@ -1,0 +1,72 @@
+"""The device mesh (data, fsdp, tensor) and shardings from logical axis names.
+
+Logical names live on the parameters (`out_sharding` metadata) and map to mesh axes through the
+single table ssmax_jax.nn.partitioning.RULES.
+"""
+import math
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ssmax_jax.nn.partitioning import MESH_AXES, logical_to_spec
+
+
+def mesh_shape(shape, num_devices: int) -> tuple[int, int, int]:
+  """Resolves one -1 in (data, fsdp, tensor) to the remaining devices."""
+  shape = tuple(int(s) for s in shape)
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(f"config.mesh.shape={shape}: {num_devices} devices are not divisible by "
+                       f"{known}; choose sizes whose product divides the device count.")
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  if math.prod(shape) != num_devices:
+    raise ValueError(f"config.mesh.shape={shape} uses {math.prod(shape)} devices but there are "
+                     f"{num_devices}; make the product equal or put -1 on one axis.")
+  return shape
+
+
+def make_mesh(shape, devices=None) -> jax.sharding.Mesh:
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(shape, len(devices))
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+
+
+def batch_shards(mesh) -> int:
+  """How many ways the batch dimension is split (data x fsdp)."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def fit_spec(shape, spec: P, mesh) -> P:
+  """Drops mesh axes that do not divide their dimension (e.g. a vocabulary of 257)."""
+  fixed = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    axes_t = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+    size = math.prod(mesh.shape[a] for a in axes_t)
+    fixed.append(axes if axes_t and dim % size == 0 else None)
+  return P(*fixed)
+
+
+def _variable_sharding(v, mesh):
+  names = v.get_metadata().get("out_sharding")
+  shape = np.shape(v.get_value())
+  spec = fit_spec(shape, logical_to_spec(names), mesh) if names else P()
+  return v.replace(NamedSharding(mesh, spec))
+
+
+def state_shardings(state, mesh):
+  """An nnx.State like `state` (concrete or abstract) whose values are NamedShardings."""
+  return jax.tree.map(lambda v: _variable_sharding(v, mesh), state,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(("data", "fsdp"), None))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

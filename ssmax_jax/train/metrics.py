@@ -1,0 +1,83 @@
+"""Training metrics: a tqdm progress bar, metrics.jsonl (one record per logged step) and
+TensorBoard (tensorboardX). Only process 0 writes."""
+import json
+import os
+
+import jax
+import numpy as np
+import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _jsonable(value):
+  if isinstance(value, (np.ndarray, np.generic)):
+    return value.tolist()
+  return value
+
+
+class MetricsWriter:
+
+  def __init__(self, workdir: str, total_steps: int, initial_step: int = 0,
+               progress_bar: bool = True):
+    self.enabled = jax.process_index() == 0
+    self.tb = self.bar = self.file = None
+    if not self.enabled:
+      return
+    from tensorboardX import SummaryWriter
+    path = os.path.join(workdir, METRICS_FILE)
+    if os.path.exists(path):  # a resumed run logs the steps after its checkpoint again
+      kept = [r for r in read_metrics(workdir) if r["step"] <= initial_step]
+      with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    self.file = open(path, "a")
+    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    if progress_bar:
+      self.bar = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step",
+                           dynamic_ncols=True)
+
+  def write(self, record: dict):
+    """record: step, loss, ... and optionally s, b as [layers][heads] nested lists."""
+    if not self.enabled:
+      return
+    record = {k: _jsonable(v) for k, v in record.items()}
+    self.file.write(json.dumps(record) + "\n")
+    self.file.flush()
+    step = record["step"]
+    for key, value in record.items():
+      if key in ("s", "b"):
+        for layer, heads in enumerate(value):
+          for head, x in enumerate(heads):
+            self.tb.add_scalar(f"{key}/layer{layer}/head{head}", x, step)
+      elif isinstance(value, (int, float)) and key != "step":
+        self.tb.add_scalar(key, value, step)
+    if self.bar is not None:
+      self.bar.n = step
+      postfix = {"loss": f"{record['loss']:.4f}"}
+      if record.get("tokens_per_s"):
+        postfix["tok/s"] = f"{record['tokens_per_s']:,.0f}"
+      if record.get("mfu") is not None:
+        postfix["MFU"] = f"{record['mfu']:.3f}"
+      self.bar.set_postfix(postfix, refresh=False)
+      self.bar.refresh()
+
+  def message(self, text: str):
+    if not self.enabled:
+      return
+    if self.bar is not None:
+      self.bar.write(text)
+    else:
+      print(text, flush=True)
+
+  def close(self):
+    if not self.enabled:
+      return
+    if self.bar is not None:
+      self.bar.close()
+    self.tb.close()
+    self.file.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,90 @@
+"""The jitted train step: explicit shardings, donated state, gradient accumulation."""
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ssmax_jax.nn.partitioning import shard
+from ssmax_jax.train.loss import cross_entropy_sum
+
+# Device-side numbers of the step; everything else is computed on the host at log time.
+METRICS = ("loss", "grad_norm", "tokens")
+
+
+def loss_sum(model, batch, *, chunk_tokens=8192, use_segments=True):
+  """(sum of masked next-token losses, number of loss tokens) of a batch dict."""
+  kwargs = {}
+  if use_segments:  # packed documents: positions and attention (and n) restart per document
+    kwargs = dict(positions_BT=batch["positions"], segment_ids_BT=batch["segment_ids"])
+  h_BTD = model.hidden(batch["inputs"], **kwargs)
+  loss = cross_entropy_sum(h_BTD, model.lm_head.kernel[...], batch["targets"],
+                           batch["loss_mask"], model.config.vocab_size, chunk_tokens)
+  return loss, jnp.sum(batch["loss_mask"])
+
+
+def head_scalars(model) -> dict:
+  """{'s': [L,N], 'b': [L,N]} of the layers that learn them (empty for fixed variants)."""
+  out = {}
+  for name in ("s", "b"):
+    values = [getattr(a.logit_scale, name) for a in model.attention_layers()]
+    if all(v is not None for v in values):
+      out[name] = jnp.stack([v[...] for v in values])
+  return out
+
+
+def _microbatches(batch, accum):
+  # Microbatch a takes rows a, a + accum, ...: every device's contiguous block of the batch
+  # holds rows of every microbatch, so no microbatch sits on a subset of devices.
+  def split(x_BT):
+    B, T = x_BT.shape
+    x_ABT = jnp.swapaxes(x_BT.reshape(B // accum, accum, T), 0, 1)
+    return shard(x_ABT, (None, "act_batch", "act_seq"))
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(graphdef, state_shardings, batch_sharding, metrics_sharding, *,
+                    grad_accum_steps=1, chunk_tokens=8192, use_segments=True):
+  """Returns step(state, batch) -> (state, metrics), jitted with donated state.
+
+  state: nnx.state((model, optimizer)) for `graphdef`; batch: dict of [B,T] arrays (global).
+  metrics: loss (mean over loss tokens), grad_norm, tokens, and s (b) per layer and head.
+  """
+
+  def step(state, batch):
+    model, optimizer = nnx.merge(graphdef, state)
+    model_def, params, rest = nnx.split(model, nnx.Param, ...)
+    num_tokens = jnp.sum(batch["loss_mask"])
+    denom = jnp.maximum(num_tokens, 1.0)
+
+    def mean_loss(params, micro):
+      m = nnx.merge(model_def, params, rest)
+      return loss_sum(m, micro, chunk_tokens=chunk_tokens, use_segments=use_segments)[0] / denom
+
+    grad_fn = jax.value_and_grad(mean_loss)
+    if grad_accum_steps == 1:
+      loss, grads = grad_fn(params, batch)
+    else:
+      def body(carry, micro):
+        loss_acc, grads_acc = carry
+        loss, grads = grad_fn(params, micro)
+        return (loss_acc + loss, jax.tree.map(jnp.add, grads_acc, grads)), None
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
+                                      _microbatches(batch, grad_accum_steps))
+    optimizer.update(model, grads)
+    metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), tokens=num_tokens,
+                   **head_scalars(model))
+    return nnx.state((model, optimizer)), metrics
+
+  batch_shardings = {k: batch_sharding for k in
+                     ("inputs", "targets", "segment_ids", "positions", "loss_mask")}
+  return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+                 out_shardings=(state_shardings, metrics_sharding), donate_argnums=0)
+
+
+def flops_per_token(cfg, num_params: int, seq_len: int) -> float:
+  """Training FLOPs per token: 6 x (parameters without the embedding table) + attention, the
+  count of shared/bench/jax_gpt_anchor.py so MFU figures compare."""
+  padding = (cfg.padded_vocab_size - cfg.vocab_size) * cfg.d_model  # in lm_head, not counted
+  non_embed = num_params - cfg.padded_vocab_size * cfg.d_model - padding
+  return 6.0 * non_embed + 6.0 * cfg.num_layers * seq_len * cfg.d_model

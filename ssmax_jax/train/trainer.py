@@ -1,0 +1,300 @@
+"""The training loop: checks, mesh, state, restore or init, steps, logging, checkpoints."""
+import dataclasses
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ssmax_jax import data as data_lib
+from ssmax_jax.models.transformer import Transformer, count_params, generate
+from ssmax_jax.train import checkpoint as ckpt_lib
+from ssmax_jax.train import config as config_lib
+from ssmax_jax.train import mesh as mesh_lib
+from ssmax_jax.train.data import make_batches, to_global
+from ssmax_jax.train.metrics import MetricsWriter
+from ssmax_jax.train.optim import make_optimizer, make_schedule
+from ssmax_jax.train.step import flops_per_token, make_train_step
+
+# Dense bf16 peak TFLOP/s per device, for MFU (config.train.peak_tflops overrides).
+PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("TPU v6", 918.0),
+               ("TPU v5p", 459.0), ("TPU v5", 197.0), ("TPU v4", 275.0))
+# Fields a fine-tune may change without changing the parameters' shapes.
+_ARCHITECTURE = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "d_ff",
+                 "vocab_pad_multiple")
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
+
+
+def _peak_flops(config) -> float | None:
+  per_device = config.train.peak_tflops
+  if per_device is None:
+    kind = jax.devices()[0].device_kind
+    per_device = next((v for k, v in PEAK_TFLOPS if k in kind), None)
+  return None if per_device is None else per_device * 1e12 * jax.device_count()
+
+
+def _check_run(config, cfg, mesh):
+  """Checks that need the devices: batch split, vocabulary, the init run."""
+  t = config.train
+  shards = mesh_lib.batch_shards(mesh)
+  if t.batch_size % (t.grad_accum_steps * shards):
+    raise ValueError(
+        f"config.train.batch_size={t.batch_size} must be divisible by grad_accum_steps "
+        f"({t.grad_accum_steps}) x the batch shards of the mesh (data x fsdp = {shards}); "
+        "change the batch size, grad_accum_steps or config.mesh.shape.")
+  if t.batch_size % jax.process_count():
+    raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by the "
+                     f"number of processes ({jax.process_count()}).")
+  tokenizer = data_lib.get_tokenizer(config.data.tokenizer)
+  if cfg.vocab_size < tokenizer.vocab_size:
+    raise ValueError(f"config.model.vocab_size={cfg.vocab_size} is smaller than the "
+                     f"{tokenizer.name!r} tokenizer's {tokenizer.vocab_size} ids; set it to "
+                     f"{tokenizer.vocab_size}.")
+  if config.init.workdir:
+    init_cfg = config_lib.model_config(ckpt_lib.read_config(config.init.workdir))
+    for name in _ARCHITECTURE:
+      if getattr(init_cfg, name) != getattr(cfg, name):
+        raise ValueError(f"config.model.{name}={getattr(cfg, name)} differs from the init "
+                         f"checkpoint's {getattr(init_cfg, name)} ({config.init.workdir}); "
+                         "use the same architecture to fine-tune.")
+
+
+class _State:
+  """The model and optimizer as (graphdef, sharded state), with the jitted step for them."""
+
+  def __init__(self, model, optimizer, mesh, config):
+    self.mesh, self.config = mesh, config
+    self.set(*nnx.split((model, optimizer)))
+
+  @classmethod
+  def init(cls, cfg, tx, mesh, config, restore=None):
+    """Fresh parameters, or restore(abstract_state, shardings) -> state (from a checkpoint)."""
+    def make():
+      model = Transformer(cfg, rngs=nnx.Rngs(config.seed))
+      return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+    self = cls.__new__(cls)
+    self.mesh, self.config = mesh, config
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    shardings = mesh_lib.state_shardings(abstract, mesh)
+    if restore is None:
+      state = jax.jit(lambda: nnx.state(make()), out_shardings=shardings)()
+    else:
+      state = restore(abstract, shardings)
+    self.set(graphdef, state)
+    return self
+
+  def set(self, graphdef, state):
+    self.graphdef = graphdef
+    self.shardings = mesh_lib.state_shardings(state, self.mesh)
+    self.state = jax.device_put(state, self.shardings)
+    t = self.config.train
+    self.step_fn = make_train_step(
+        graphdef, self.shardings, mesh_lib.batch_sharding(self.mesh),
+        mesh_lib.replicated(self.mesh), grad_accum_steps=t.grad_accum_steps,
+        chunk_tokens=t.loss_chunk_tokens, use_segments=self.config.data.packing)
+
+  def objects(self):
+    return nnx.merge(self.graphdef, self.state)
+
+  @property
+  def attention(self) -> str:
+    return self.objects()[0].config.attention
+
+
+def _switch_variant(st: _State, variant, s_init, tx):
+  """Variant (f): new learned parameters (s, b) get fresh Adam moments; the others keep theirs."""
+  model, optimizer = st.objects()
+  old = {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(optimizer))}
+  model.set_variant(variant, s_init=s_init)
+  new_opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  flat = [(path, v.replace(old[path]) if path in old else v)
+          for path, v in nnx.to_flat_state(nnx.state(new_opt))]
+  nnx.update(new_opt, nnx.from_flat_state(flat))
+  st.set(*nnx.split((model, new_opt)))
+
+
+def _restore(ckpt, step, cfg, tx, mesh, config, batches):
+  meta = ckpt.restore_meta(step)
+  switched = 0 <= config.switch.step < step
+  expected = config.switch.attention if switched else cfg.attention
+  if meta["attention"] != expected:
+    raise ckpt_lib.ConfigMismatchError(
+        f"checkpoint {ckpt.directory}/{step} has attention {meta['attention']!r} but the config "
+        f"gives {expected!r} at that step. To move a trained model to another variant, fine-tune "
+        "with config.init.workdir and a new --workdir (variant e), or set config.switch (f).")
+
+  def restore(abstract, shardings):
+    restored = ckpt.restore(step, params=(abstract[0], shardings[0]),
+                            opt_state=(abstract[1], shardings[1]), data_iter=batches)
+    state = jax.tree.map(lambda x: x, abstract)  # a copy to fill
+    for key, name in ((0, "params"), (1, "opt_state")):
+      value = restored[name]
+      nnx.replace_by_pure_dict(state[key], nnx.to_pure_dict(value) if isinstance(
+          value, nnx.State) else value)
+    return state
+
+  return _State.init(dataclasses.replace(cfg, attention=meta["attention"]), tx, mesh, config,
+                     restore=restore)
+
+
+def _from_init_run(cfg, tx, mesh, config):
+  """Fine-tuning / variant (e): parameters of config.init's checkpoint, a fresh optimizer."""
+  keep = ("rope_theta", "implementation", "dtype", "param_dtype", "remat", "l_train",
+          "fixed_s", "floor_scale", "attn_scale", "norm_eps")
+  model, _ = ckpt_lib.load_model(config.init.workdir, config.init.step, mesh=mesh,
+                                 overrides={k: getattr(cfg, k) for k in keep})
+  if model.config.attention != cfg.attention:
+    model.set_variant(cfg.attention, s_init=cfg.s_init)
+  return _State(model, nnx.Optimizer(model, tx, wrt=nnx.Param), mesh, config)
+
+
+def sample(model, prompt_BT, num_tokens: int, *, temperature=1.0, seed=0):
+  """Samples num_tokens after the prompt with the KV cache: [B, T + num_tokens] tokens.
+
+  temperature 0 is greedy decoding (models.generate); above 0, tokens are drawn from
+  softmax(logits / temperature), which avoids the loops greedy decoding falls into in small
+  models.
+  """
+  if temperature == 0:
+    return generate(model, prompt_BT, num_tokens)
+  B, T = prompt_BT.shape
+  model.init_cache(B, T + num_tokens)
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def run(state, prompt_BT, key):
+    def draw(logits_BV, i):
+      return jax.random.categorical(jax.random.fold_in(key, i), logits_BV / temperature)
+
+    m = nnx.merge(graphdef, state)
+    tokens = jnp.zeros((B, T + num_tokens), jnp.int32).at[:, :T].set(prompt_BT)
+    tokens = tokens.at[:, T].set(draw(m(prompt_BT, decode=True)[:, -1], T))
+
+    def step(i, carry):
+      tokens, state = carry
+      m = nnx.merge(graphdef, state)
+      logits_B1V = m(jax.lax.dynamic_slice_in_dim(tokens, i, 1, axis=1), decode=True)
+      tokens = jax.lax.dynamic_update_slice_in_dim(
+          tokens, draw(logits_B1V[:, 0], i + 1)[:, None].astype(jnp.int32), i + 1, axis=1)
+      return tokens, nnx.state(m)
+
+    return jax.lax.fori_loop(T, T + num_tokens - 1, step, (tokens, nnx.state(m)))[0]
+
+  out = run(state, jnp.asarray(prompt_BT, jnp.int32), jax.random.key(seed))
+  for attn in model.attention_layers():  # the cache is not kept after sampling
+    attn.cache_k = attn.cache_v = attn.cache_index = None
+  return out
+
+
+def _print_sample(model, config):
+  tokenizer = data_lib.get_tokenizer(config.data.tokenizer)
+  prompt = tokenizer.encode(config.sample.prompt or "\n")[None, :]
+  tokens = sample(model, prompt, config.sample.num_tokens,
+                  temperature=config.sample.temperature, seed=config.seed)
+  print("sample:\n" + tokenizer.decode(np.asarray(tokens[0])), flush=True)
+
+
+def train(config, workdir: str) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns {'step', 'loss', 'stopped'}.
+
+  Raises ValueError on a bad config or data before any training, NonFiniteLossError when the
+  loss or gradient norm becomes NaN/Inf (the last good checkpoint stays the latest).
+  """
+  cfg = config_lib.validate(config)
+  if config.distributed:
+    jax.distributed.initialize()
+  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  _check_run(config, cfg, mesh)
+  batches = make_batches(config)  # raises on missing, empty or corrupt data
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, ckpt_lib.CONFIG_FILE), "w") as f:
+      f.write(config_lib.to_json(config))
+
+  t = config.train
+  tx = make_optimizer(config.optimizer, t.num_steps)
+  schedule = make_schedule(config.optimizer, t.num_steps)
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
+                               async_save=config.checkpoint.async_save)
+  step, st = ckpt.restore_latest(
+      lambda s: _restore(ckpt, s, cfg, tx, mesh, config, batches))
+  if st is None:
+    step = 0
+    st = _from_init_run(cfg, tx, mesh, config) if config.init.workdir else _State.init(
+        cfg, tx, mesh, config)
+  num_params = count_params(st.objects()[0])
+  flops_tok = flops_per_token(cfg, num_params, t.seq_len)
+  peak = _peak_flops(config)
+  writer = MetricsWriter(workdir, t.num_steps, step, progress_bar=t.progress_bar)
+  writer.message(f"{num_params:,} parameters, attention {st.attention!r}, mesh "
+                 f"{dict(mesh.shape)}, starting at step {step} of {t.num_steps}.")
+  stop = {"signal": None}
+  previous = signal.getsignal(signal.SIGTERM)
+  signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  tokens_per_step = t.batch_size * t.seq_len
+  last_saved = step if ckpt.steps() else None
+  pending, last = [], {"loss": float("nan")}
+  t_mark, step_mark = None, step
+  try:
+    with jax.set_mesh(mesh):
+      while step < t.num_steps:
+        if step == config.switch.step and st.attention != config.switch.attention:
+          _switch_variant(st, config.switch.attention, config.switch.s_init, tx)
+          writer.message(f"step {step}: attention switched to {config.switch.attention!r}.")
+        batch = to_global(next(batches), batch_sharding)
+        st.state, metrics = st.step_fn(st.state, batch)
+        step += 1
+        pending.append((step, metrics))
+        if t_mark is None:  # the first step includes compilation: time from its end
+          jax.block_until_ready(metrics)
+          t_mark, step_mark = time.perf_counter(), step
+        save = (step % config.checkpoint.every_steps == 0 or step == t.num_steps
+                or stop["signal"] is not None)
+        if not (save or step % t.log_every == 0):
+          continue
+        values = jax.device_get(pending)  # the only host sync: every log_every steps
+        pending = []
+        bad = [s for s, m in values if not np.isfinite(m["loss"]) or not np.isfinite(
+            m["grad_norm"])]
+        if bad:
+          kept = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
+                  if last_saved is not None else "no checkpoint was saved")
+          raise NonFiniteLossError(f"loss or gradient norm is NaN/Inf at step {bad[0]}; "
+                                   f"training stopped and {kept}.")
+        now = time.perf_counter()
+        rate = (step - step_mark) * tokens_per_step / (now - t_mark) if step > step_mark else None
+        t_mark, step_mark = now, step
+        s_last, last = values[-1]
+        record = {"step": s_last, "loss": float(last["loss"]),
+                  "loss_mean": float(np.mean([m["loss"] for _, m in values])),
+                  "grad_norm": float(last["grad_norm"]), "lr": float(schedule(s_last - 1)),
+                  "tokens": float(last["tokens"]), "tokens_per_s": rate,
+                  "mfu": rate * flops_tok / peak if rate and peak else None,
+                  "attention": st.attention}
+        for name in ("s", "b"):
+          if name in last:
+            record[name] = last[name]
+        writer.write(record)
+        if save:
+          meta = {"step": step, "attention": st.attention, "seed": config.seed}
+          ckpt.save(step, st.state[0], st.state[1], meta, batches)
+          last_saved = step
+        if stop["signal"] is not None:
+          writer.message(f"signal {stop['signal']}: saved step {step} and stopped.")
+          break
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    batches.close()  # stops grain's worker processes
+  if config.sample.num_tokens > 0 and jax.process_index() == 0:
+    _print_sample(st.objects()[0], config)
+  return {"step": step, "loss": float(last["loss"]), "stopped": stop["signal"] is not None}

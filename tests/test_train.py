@@ -1,0 +1,259 @@
+"""Trainer tests on one CPU device: loss, resume, checkpoints, bad input, NaN, variants."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import test_tiny
+from ssmax_jax import ops
+from ssmax_jax.train import (Checkpointer, NonFiniteLossError, cross_entropy_sum, load_model,
+                             read_metrics, train, validate)
+from ssmax_jax.train import trainer as trainer_lib
+from ssmax_jax.train.loss import reference_cross_entropy_sum
+from ssmax_jax.train.optim import make_optimizer
+
+
+def _config(**groups):
+  c = test_tiny.get_config()
+  for group, values in groups.items():
+    c[group].update(**values)
+  return c
+
+
+def _losses(workdir):
+  return [(r["step"], r["loss"]) for r in read_metrics(workdir)]
+
+
+def test_fused_cross_entropy_matches_reference_with_padded_vocab():
+  k = jax.random.split(jax.random.key(0), 4)
+  B, T, D, V, real_V = 2, 8, 16, 40, 37
+  h, w = jax.random.normal(k[0], (B, T, D)), jax.random.normal(k[1], (D, V))
+  targets = jax.random.randint(k[2], (B, T), 0, real_V)
+  mask = (jax.random.uniform(k[3], (B, T)) > 0.3).astype(jnp.float32)
+  ref = lambda h, w: reference_cross_entropy_sum((h @ w)[..., :real_V], targets, mask)
+  for chunk in (4, 8, 10_000):  # 4 chunks, 2 chunks, one chunk
+    fused = lambda h, w: cross_entropy_sum(h, w, targets, mask, real_V, chunk)
+    np.testing.assert_allclose(fused(h, w), ref(h, w), rtol=1e-6)
+    got = jax.grad(lambda h, w: 2.0 * fused(h, w), (0, 1))(h, w)
+    want = jax.grad(lambda h, w: 2.0 * ref(h, w), (0, 1))(h, w)
+    for g, r in zip(got, want):
+      np.testing.assert_allclose(g, r, atol=1e-5)
+
+
+def test_tiny_trains_and_logs_s_per_layer_and_head(tmp_path):
+  result = train(_config(), str(tmp_path))
+  records = read_metrics(str(tmp_path))
+  assert [r["step"] for r in records] == [5, 10, 15, 20]
+  assert records[-1]["loss"] < records[0]["loss"] - 1.0, records
+  assert result["step"] == 20
+  s = np.asarray(records[-1]["s"])
+  assert s.shape == (2, 2)  # layers x heads
+  assert not np.allclose(s, ops.default_s_init(32))  # s is learned
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f)["model"]["attention"] == "ssmax"
+  assert Checkpointer(str(tmp_path), read_only=True).steps() == [10, 20]
+
+
+def test_stop_and_resume_gives_the_same_losses(tmp_path):
+  log = dict(log_every=1)
+  train(_config(train=dict(num_steps=6, **log)), str(tmp_path / "full"))
+  train(_config(train=dict(num_steps=3, **log)), str(tmp_path / "split"))
+  train(_config(train=dict(num_steps=6, **log)), str(tmp_path / "split"))
+  assert _losses(tmp_path / "split") == _losses(tmp_path / "full")
+  assert len(_losses(tmp_path / "full")) == 6
+
+
+def test_corrupt_latest_checkpoint_is_skipped_with_a_warning(tmp_path):
+  config = _config(train=dict(num_steps=4), checkpoint=dict(every_steps=2, keep=3))
+  train(config, str(tmp_path))
+  params_dir = tmp_path / "checkpoints" / "4" / "params"
+  for root, _, files in os.walk(params_dir):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  config.train.num_steps = 5
+  with pytest.warns(UserWarning, match="checkpoint .*4 cannot be restored"):
+    train(config, str(tmp_path))
+  assert _losses(tmp_path)[-1][0] == 5
+  assert Checkpointer(str(tmp_path), read_only=True).steps() == [2, 4, 5]  # resumed at 2
+  assert os.listdir(tmp_path / "corrupt_checkpoints")
+
+
+def _add_key(group, key):
+  with group.unlocked():
+    group[key] = 1.0
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: _add_key(c.train, "lerning_rate"), "unknown config key 'train.lerning_rate'"),
+    (lambda c: c.model.update(num_heads=3), "num_heads=3 must divide d_model=32"),
+    (lambda c: c.train.update(grad_accum_steps=3), "divisible by config.train.grad_accum"),
+    (lambda c: c.mesh.update(shape=(2, 1, 1)), "uses 2 devices but there are 1"),
+    (lambda c: c.model.update(vocab_size=100), "smaller than the 'byte' tokenizer's 257"),
+    (lambda c: c.model.update(attention="sparsemax"), "variant='sparsemax' is unknown"),
+])
+def test_bad_config_stops_before_training(tmp_path, change, message):
+  config = _config()
+  change(config)
+  with pytest.raises(ValueError, match=message):
+    train(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+
+
+def _write(path, array):
+  with open(path, "wb") as f:
+    f.write(np.asarray(array).tobytes())
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "does not exist"),
+    ("empty", "is empty"),
+    ("corrupt", "corrupt"),
+    ("big_ids", "holds id 300 >= vocab_size 257"),
+])
+def test_bad_data_stops_before_training(tmp_path, kind, message):
+  path = tmp_path / "tokens.bin"
+  if kind == "empty":
+    _write(path, np.zeros((0,), np.uint16))
+  elif kind == "corrupt":
+    with open(path, "wb") as f:
+      f.write(b"\x01\x02\x03")  # not a whole number of uint16 tokens
+  elif kind == "big_ids":
+    _write(path, np.full((1000,), 300, np.uint16))
+  with pytest.raises(ValueError, match=message):
+    train(_config(data=dict(source=str(path))), str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = _config(train=dict(num_steps=4, log_every=1), checkpoint=dict(every_steps=2))
+  train(config, str(tmp_path))
+  config.train.num_steps = 12
+  config.optimizer.update(lr=1e38)  # parameters overflow to inf, the loss becomes NaN
+  with pytest.raises(NonFiniteLossError, match="last good checkpoint is step 4"):
+    train(config, str(tmp_path))
+  assert Checkpointer(str(tmp_path), read_only=True).steps() == [2, 4]
+  model, _ = load_model(str(tmp_path))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(nnx.state(model)))
+
+
+def test_resuming_with_another_optimizer_chain_is_an_error(tmp_path):
+  config = _config(train=dict(num_steps=2), checkpoint=dict(every_steps=2))
+  train(config, str(tmp_path))
+  config.optimizer.clip_norm = 0.0  # no clipping: another optimizer state structure
+  config.train.num_steps = 4
+  with pytest.raises(ValueError, match="does not match this config"):
+    train(config, str(tmp_path))
+  config.optimizer.clip_norm = 1.0
+  config.model.attention = "softmax"
+  with pytest.raises(ValueError, match="has attention 'ssmax' but the config gives 'softmax'"):
+    train(config, str(tmp_path))
+  assert Checkpointer(str(tmp_path), read_only=True).steps() == [2]
+
+
+def test_switch_variant_adds_s_to_the_optimizer_state_and_keeps_moments():
+  config = _config(model=dict(attention="softmax"))
+  cfg = validate(config)
+  tx = make_optimizer(config.optimizer, 10)
+  mesh = trainer_lib.mesh_lib.make_mesh((1, 1, 1))
+  st = trainer_lib._State.init(cfg, tx, mesh, config)
+  batch = {k: jnp.asarray(v) for k, v in trainer_lib.make_batches(config).__next__().items()}
+  with jax.set_mesh(mesh):
+    st.state, _ = st.step_fn(st.state, batch)
+  before = dict(nnx.to_flat_state(nnx.state(st.objects()[1])))
+  trainer_lib._switch_variant(st, "ssmax", None, tx)
+  after = dict(nnx.to_flat_state(nnx.state(st.objects()[1])))
+  new = sorted(set(after) - set(before))
+  assert new and all(p[-1] == "s" for p in new)
+  assert len(new) == 2 * cfg.num_layers  # Adam mu and nu for every layer's s
+  for path, v in before.items():
+    np.testing.assert_array_equal(after[path].get_value(), v.get_value())
+  model = st.objects()[0]
+  np.testing.assert_allclose(model.blocks[0].attn.logit_scale.s[...],
+                             ops.default_s_init(32), rtol=1e-6)
+  with jax.set_mesh(mesh):
+    st.state, metrics = st.step_fn(st.state, batch)
+  assert metrics["s"].shape == (2, 2) and np.isfinite(metrics["loss"])
+
+
+def test_switch_during_training_then_load_model(tmp_path):
+  config = _config(model=dict(attention="softmax"), switch=dict(step=10, attention="ssmax"))
+  train(config, str(tmp_path))
+  records = read_metrics(str(tmp_path))
+  assert [r["attention"] for r in records] == ["softmax", "softmax", "ssmax", "ssmax"]
+  assert "s" not in records[1] and np.asarray(records[2]["s"]).shape == (2, 2)
+  # The checkpoint at step 10 predates the switch, the one at 20 follows it.
+  assert load_model(str(tmp_path), 10)[0].config.attention == "softmax"
+  model, loaded = load_model(str(tmp_path), overrides={"rope_theta": 5e5})
+  assert model.config.attention == "ssmax" and loaded.model.attention == "ssmax"
+  assert model.config.rope_theta == 5e5
+  np.testing.assert_allclose(model.blocks[1].attn.logit_scale.s[...], records[-1]["s"][1],
+                             rtol=1e-6)
+  qwen, _ = load_model(str(tmp_path), overrides={"attention": "qwen_logn"})
+  tokens = jnp.arange(16, dtype=jnp.int32)[None]
+  assert np.isfinite(qwen(tokens)).all()
+  out = trainer_lib.sample(model, tokens[:, :4], 6, temperature=0.8)
+  assert out.shape == (1, 10) and (out[:, :4] == tokens[:, :4]).all()
+  assert ((out >= 0) & (out < 257)).all()
+
+
+def test_finetune_from_softmax_with_needle_loss_mask(tmp_path):
+  base = _config(model=dict(attention="softmax"), train=dict(num_steps=5))
+  train(base, str(tmp_path / "base"))
+  tune = _config(model=dict(attention="ssmax", l_train=32),
+                 data=dict(kind="needle", needle_min_context=200),
+                 train=dict(num_steps=4, seq_len=256, batch_size=4, log_every=1),
+                 optimizer=dict(lr=1e-4, b2=0.999, weight_decay=0.0, schedule="cosine",
+                                warmup_steps=0),
+                 init=dict(workdir=str(tmp_path / "base")))
+  train(tune, str(tmp_path / "tune"))
+  records = read_metrics(str(tmp_path / "tune"))
+  assert [r["step"] for r in records] == [1, 2, 3, 4]  # a fresh optimizer and step count
+  # Only the 7-digit answers count: a handful of tokens per row, not 4 x 256.
+  assert all(4 <= r["tokens"] <= 4 * 8 for r in records)
+  # Variant (e): s starts at 1/mean(log n) over l_train and moves with the small lr.
+  np.testing.assert_allclose(records[0]["s"], ops.default_s_init(32), atol=1e-3)
+  base_model, _ = load_model(str(tmp_path / "base"))
+  tuned, _ = load_model(str(tmp_path / "tune"))
+  assert tuned.config.attention == "ssmax" and base_model.config.attention == "softmax"
+
+
+def test_sigterm_saves_and_stops_then_resumes(tmp_path, monkeypatch):
+  calls = []
+  original = trainer_lib.to_global
+
+  def to_global_then_signal(batch, sharding):
+    calls.append(1)
+    if len(calls) == 3:  # SIGTERM arrives while step 3 runs
+      signal.raise_signal(signal.SIGTERM)
+    return original(batch, sharding)
+
+  monkeypatch.setattr(trainer_lib, "to_global", to_global_then_signal)
+  config = _config(model=dict(attention="ssmax_bias"), train=dict(num_steps=8, log_every=4))
+  handler = signal.getsignal(signal.SIGTERM)
+  result = train(config, str(tmp_path))
+  assert result["stopped"] and result["step"] == 3
+  assert Checkpointer(str(tmp_path), read_only=True).steps() == [3]
+  assert signal.getsignal(signal.SIGTERM) == handler  # the trainer's handler is removed
+  monkeypatch.setattr(trainer_lib, "to_global", original)
+  assert train(config, str(tmp_path))["step"] == 8
+  last = read_metrics(str(tmp_path))[-1]
+  assert np.asarray(last["s"]).shape == np.asarray(last["b"]).shape == (2, 2)
+
+
+def test_cli_rejects_an_unknown_config_key(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.train", "--config=configs/test_tiny.py",
+       f"--workdir={tmp_path / 'run'}", "--config.train.lerning_rate=0.1"],
+      cwd=root, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "unknown config key 'config.train.lerning_rate'" in proc.stderr
+  assert not os.path.exists(tmp_path / "run")

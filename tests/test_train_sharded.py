@@ -1,0 +1,78 @@
+"""Sharded training on 8 simulated CPU devices gives the losses of one device.
+
+jax fixes its device count at import, and other tests import it first, so the 8-device runs
+happen in a subprocess with XLA_FLAGS set.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+from flax import nnx
+
+from configs import test_tiny
+from ssmax_jax.train import load_model, read_metrics, train
+
+MESHES = {"data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (1, 1, 8), "mix": (2, 2, 2)}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config():
+  c = test_tiny.get_config()
+  # 8 heads and a vocabulary padded to 264 so that every axis of size 8 divides something.
+  c.model.update(d_model=64, num_heads=8, d_ff=128, vocab_pad_multiple=8)
+  c.train.update(num_steps=3, log_every=1)
+  c.checkpoint.update(every_steps=1000)
+  return c
+
+
+_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax
+    from tests.test_train_sharded import MESHES, _config
+    from ssmax_jax.train import read_metrics, train
+    assert jax.device_count() == 8, jax.devices()
+    out = {}
+    for name, shape in MESHES.items():
+      config = _config()
+      config.mesh.shape = shape
+      train(config, f"{sys.argv[1]}/{name}")
+      out[name] = [r["loss"] for r in read_metrics(f"{sys.argv[1]}/{name}")]
+    config = _config()
+    config.train.batch_size = 4
+    try:
+      train(config, f"{sys.argv[1]}/bad_batch")
+    except ValueError as e:
+      out["bad_batch"] = str(e)
+    print(json.dumps(out))
+""")
+
+
+def test_sharded_losses_match_one_device(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  proc = subprocess.Popen([sys.executable, "-c", _SCRIPT, str(tmp_path)], env=env, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    train(_config(), str(tmp_path / "one"))  # meanwhile, on this process's one device
+    stdout, stderr = proc.communicate(timeout=600)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, stderr[-3000:]
+  sharded = json.loads(stdout.strip().splitlines()[-1])
+  want = [r["loss"] for r in read_metrics(str(tmp_path / "one"))]
+  assert len(want) == 3 and want[-1] < want[0]
+  for name in MESHES:
+    np.testing.assert_allclose(sharded[name], want, rtol=2e-5, err_msg=name)
+  assert "batch_size=4 must be divisible" in sharded["bad_batch"]
+  assert "data x fsdp = 8" in sharded["bad_batch"]
+
+  # A checkpoint written by 8 devices restores on one.
+  mixed, _ = load_model(str(tmp_path / "mix"))
+  single, _ = load_model(str(tmp_path / "one"))
+  for a, b in zip(jax.tree.leaves(nnx.state(mixed)), jax.tree.leaves(nnx.state(single))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
