@@ -13,6 +13,7 @@ from flax import nnx
 
 from configs import test_tiny
 from ssmax_jax import ops
+from ssmax_jax.models import generate
 from ssmax_jax.train import (Checkpointer, NonFiniteLossError, cross_entropy_sum, load_model,
                              read_metrics, train, validate)
 from ssmax_jax.train import trainer as trainer_lib
@@ -199,7 +200,7 @@ def test_switch_during_training_then_load_model(tmp_path):
   qwen, _ = load_model(str(tmp_path), overrides={"attention": "qwen_logn"})
   tokens = jnp.arange(16, dtype=jnp.int32)[None]
   assert np.isfinite(qwen(tokens)).all()
-  out = trainer_lib.sample(model, tokens[:, :4], 6, temperature=0.8)
+  out = generate(model, tokens[:, :4], 6, temperature=0.8)
   assert out.shape == (1, 10) and (out[:, :4] == tokens[:, :4]).all()
   assert ((out >= 0) & (out < 257)).all()
 

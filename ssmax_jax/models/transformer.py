@@ -140,10 +140,13 @@ def count_params(model: nnx.Module) -> int:
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def generate(model: Transformer, prompt_BT, max_new_tokens: int, *, rope_theta=None):
-  """Greedy decoding with the KV cache: returns [B, T + max_new_tokens] tokens.
+def generate(model: Transformer, prompt_BT, max_new_tokens: int, *, temperature=0.0, seed=0,
+             rope_theta=None):
+  """Decodes with the KV cache: returns [B, T + max_new_tokens] tokens.
 
-  The prompt is processed in one call, then one token per step under lax.fori_loop.
+  temperature 0 is greedy decoding; above 0, tokens are drawn from softmax(logits / temperature)
+  (small models loop under greedy decoding). The prompt is processed in one call, then one token
+  per step under lax.fori_loop.
   """
   B, T = prompt_BT.shape
   total = T + max_new_tokens
@@ -151,11 +154,17 @@ def generate(model: Transformer, prompt_BT, max_new_tokens: int, *, rope_theta=N
   graphdef, state = nnx.split(model)
 
   @jax.jit
-  def run(state, prompt_BT):
+  def run(state, prompt_BT, key):
+    def pick(logits_BV, i):
+      if temperature == 0:
+        return jnp.argmax(logits_BV, -1).astype(jnp.int32)
+      draw = jax.random.categorical(jax.random.fold_in(key, i), logits_BV / temperature)
+      return draw.astype(jnp.int32)
+
     m = nnx.merge(graphdef, state)
     logits_BTV = m(prompt_BT, decode=True, rope_theta=rope_theta)
     tokens = jnp.zeros((B, total), jnp.int32).at[:, :T].set(prompt_BT)
-    tokens = tokens.at[:, T].set(jnp.argmax(logits_BTV[:, -1], -1).astype(jnp.int32))
+    tokens = tokens.at[:, T].set(pick(logits_BTV[:, -1], T))
 
     def step(i, carry):
       tokens, state = carry
@@ -163,13 +172,13 @@ def generate(model: Transformer, prompt_BT, max_new_tokens: int, *, rope_theta=N
       last_B1 = jax.lax.dynamic_slice_in_dim(tokens, i, 1, axis=1)
       logits_B1V = m(last_B1, decode=True, rope_theta=rope_theta)
       tokens = jax.lax.dynamic_update_slice_in_dim(
-          tokens, jnp.argmax(logits_B1V, -1).astype(jnp.int32), i + 1, axis=1)
+          tokens, pick(logits_B1V[:, 0], i + 1)[:, None], i + 1, axis=1)
       return tokens, nnx.state(m)
 
     tokens, _ = jax.lax.fori_loop(T, total - 1, step, (tokens, nnx.state(m)))
     return tokens
 
-  out = run(state, jnp.asarray(prompt_BT, jnp.int32))
+  out = run(state, jnp.asarray(prompt_BT, jnp.int32), jax.random.key(seed))
   for attn in model.attention_layers():  # decoding state is not kept after generation
     attn.cache_k = attn.cache_v = attn.cache_index = None
   return out

@@ -11,7 +11,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ssmax_jax.nn.partitioning import MESH_AXES, logical_to_spec
+from ssmax_jax.nn.partitioning import MESH_AXES, fit_spec, logical_to_spec
 
 
 def mesh_shape(shape, num_devices: int) -> tuple[int, int, int]:
@@ -41,20 +41,10 @@ def batch_shards(mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def fit_spec(shape, spec: P, mesh) -> P:
-  """Drops mesh axes that do not divide their dimension (e.g. a vocabulary of 257)."""
-  fixed = []
-  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    axes_t = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
-    size = math.prod(mesh.shape[a] for a in axes_t)
-    fixed.append(axes if axes_t and dim % size == 0 else None)
-  return P(*fixed)
-
-
 def _variable_sharding(v, mesh):
   names = v.get_metadata().get("out_sharding")
   shape = np.shape(v.get_value())
-  spec = fit_spec(shape, logical_to_spec(names), mesh) if names else P()
+  spec = fit_spec(shape, logical_to_spec(names), mesh.shape) if names else P()
   return v.replace(NamedSharding(mesh, spec))
 
 

@@ -154,49 +154,11 @@ def _from_init_run(cfg, tx, mesh, config):
   return _State(model, nnx.Optimizer(model, tx, wrt=nnx.Param), mesh, config)
 
 
-def sample(model, prompt_BT, num_tokens: int, *, temperature=1.0, seed=0):
-  """Samples num_tokens after the prompt with the KV cache: [B, T + num_tokens] tokens.
-
-  temperature 0 is greedy decoding (models.generate); above 0, tokens are drawn from
-  softmax(logits / temperature), which avoids the loops greedy decoding falls into in small
-  models.
-  """
-  if temperature == 0:
-    return generate(model, prompt_BT, num_tokens)
-  B, T = prompt_BT.shape
-  model.init_cache(B, T + num_tokens)
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def run(state, prompt_BT, key):
-    def draw(logits_BV, i):
-      return jax.random.categorical(jax.random.fold_in(key, i), logits_BV / temperature)
-
-    m = nnx.merge(graphdef, state)
-    tokens = jnp.zeros((B, T + num_tokens), jnp.int32).at[:, :T].set(prompt_BT)
-    tokens = tokens.at[:, T].set(draw(m(prompt_BT, decode=True)[:, -1], T))
-
-    def step(i, carry):
-      tokens, state = carry
-      m = nnx.merge(graphdef, state)
-      logits_B1V = m(jax.lax.dynamic_slice_in_dim(tokens, i, 1, axis=1), decode=True)
-      tokens = jax.lax.dynamic_update_slice_in_dim(
-          tokens, draw(logits_B1V[:, 0], i + 1)[:, None].astype(jnp.int32), i + 1, axis=1)
-      return tokens, nnx.state(m)
-
-    return jax.lax.fori_loop(T, T + num_tokens - 1, step, (tokens, nnx.state(m)))[0]
-
-  out = run(state, jnp.asarray(prompt_BT, jnp.int32), jax.random.key(seed))
-  for attn in model.attention_layers():  # the cache is not kept after sampling
-    attn.cache_k = attn.cache_v = attn.cache_index = None
-  return out
-
-
 def _print_sample(model, config):
   tokenizer = data_lib.get_tokenizer(config.data.tokenizer)
   prompt = tokenizer.encode(config.sample.prompt or "\n")[None, :]
-  tokens = sample(model, prompt, config.sample.num_tokens,
-                  temperature=config.sample.temperature, seed=config.seed)
+  tokens = generate(model, prompt, config.sample.num_tokens,
+                    temperature=config.sample.temperature, seed=config.seed)
   print("sample:\n" + tokenizer.decode(np.asarray(tokens[0])), flush=True)
 
 
