@@ -1,0 +1,150 @@
+"""Where the last prompt position looks (the paper's Fig. 7/8): the attention weight that the
+query of the last prompt token gives to the needle number's tokens, per layer and head.
+
+Only that one query row is computed per layer: q of the last position against every key, with
+the model's own multiplier c (its variant, s and b) and RoPE; the residual stream itself goes
+through the model's blocks (any backend), so no T x T matrix is formed here.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ssmax_jax import ops
+from ssmax_jax.evals import common, needle
+from ssmax_jax.nn.layers import rope
+
+
+def _row_multiplier(logit_scale, q_B1NH, k_BSKH, query_positions_B1):
+  """c [B,1,N] of the variant for the single query row (the module's own rule)."""
+  mask = dict(is_causal=True, query_positions=query_positions_B1)
+  kwargs = logit_scale.attention_kwargs(q_B1NH, k_BSKH, **mask)
+  if "logit_multiplier" in kwargs:
+    return kwargs["logit_multiplier"]
+  N = q_B1NH.shape[2]
+  if "s" not in kwargs:  # softmax
+    return jnp.ones(q_B1NH.shape[:3], jnp.float32)
+  n_B1 = ops.attention_counts(q_B1NH, k_BSKH, **mask)
+  variant = "ssmax_bias" if "b" in kwargs else "ssmax"
+  return ops.logit_multiplier(variant, n_B1, num_heads=N, **kwargs)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _last_row_probs(graphdef, state, tokens_BT, rope_theta):
+  model = nnx.merge(graphdef, state)
+  B, T = tokens_BT.shape
+  x_BTD = model.embed[...].astype(model.config.dtype)[tokens_BT]
+  positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+  last_B1 = positions_BT[:, -1:]
+  probs = []
+  for i, block in enumerate(model.blocks):
+    attn = block.attn
+    N, K, H = attn.num_heads, attn.num_kv_heads, attn.head_dim
+    h_BTD = block.attn_norm(x_BTD)
+    q_B1NH = rope(attn.q_proj(h_BTD[:, -1:]).reshape(B, 1, N, H), last_B1, rope_theta)
+    k_BTKH = rope(attn.k_proj(h_BTD).reshape(B, T, K, H), positions_BT, rope_theta)
+    c_BN = _row_multiplier(attn.logit_scale, q_B1NH, k_BTKH, last_B1)[:, 0]
+    q_BKGH = q_B1NH[:, 0].reshape(B, K, N // K, H).astype(jnp.float32)
+    logits_BKGT = jnp.einsum("bkgh,btkh->bkgt", q_BKGH, k_BTKH.astype(jnp.float32),
+                             precision=jax.lax.Precision.HIGHEST)
+    logits_BNT = logits_BKGT.reshape(B, N, T) * (H ** -0.5) * c_BN[..., None]
+    probs.append(jax.nn.softmax(logits_BNT, axis=-1))  # every key 0..T-1 is attended
+    if i + 1 < len(model.blocks):
+      x_BTD = block(x_BTD, rope_theta=rope_theta)
+  return jnp.stack(probs, axis=1)  # [B,L,N,T]
+
+
+def last_query_probs(model, tokens_BT, *, rope_theta=None) -> jax.Array:
+  """float32 [B,L,N,T]: attention probabilities of the last position over all T keys, per layer
+  and head, with the model's variant (c), RoPE theta (default the model's) and GQA grouping."""
+  theta = model.config.rope_theta if rope_theta is None else rope_theta
+  graphdef, state = nnx.split(model)
+  return _last_row_probs(graphdef, state, jnp.asarray(tokens_BT, jnp.int32), jnp.float32(theta))
+
+
+def span_mass(probs_BLNT, spans_B2) -> np.ndarray:
+  """[B,L,N]: probability summed over each row's token span [start, end)."""
+  probs = np.asarray(probs_BLNT)
+  T = probs.shape[-1]
+  spans = np.asarray(spans_B2)
+  inside_BT = (np.arange(T)[None] >= spans[:, :1]) & (np.arange(T)[None] < spans[:, 1:])
+  return np.einsum("blnt,bt->bln", probs, inside_BT.astype(probs.dtype))
+
+
+def needle_attention(model, tokenizer, tokens, length: int, *, trials: int = 100,
+                     rope_theta=None, batch_size: int = 4, seed: int = 0,
+                     show_progress: bool = True, desc: str = "") -> dict:
+  """Mean (and std) over `trials` needle prompts of `length` tokens (random city, number, depth)
+  of the weight the last prompt token gives to the needle number, [L,N]. Returns a dict:
+  context_length, trials, rope_theta, mean [L][N], std [L][N], top_heads (sorted by mean)."""
+  if trials < 1 or batch_size < 1:
+    raise ValueError(f"trials={trials} and batch_size={batch_size} must be >= 1.")
+  shortest = needle.min_context_length(tokenizer)
+  if length < shortest:
+    raise ValueError(f"context length {length} is too short for a needle example with "
+                     f"tokenizer {tokenizer.name!r}: use at least {shortest}.")
+  rng = np.random.default_rng([seed, length])
+  examples = [needle.needle_trial(tokenizer, tokens, length, float(rng.uniform()), rng)
+              for _ in range(trials)]
+  masses = []
+  for i in common.progress(range(0, trials, batch_size), desc=desc, enabled=show_progress):
+    batch = examples[i:i + batch_size]
+    prompts = np.stack([ex["prompt"] for ex in batch])
+    spans = np.asarray([ex["needle_span"] for ex in batch])
+    pad = batch_size - len(batch)
+    if pad:
+      prompts = np.concatenate([prompts, np.repeat(prompts[:1], pad, 0)])
+      spans = np.concatenate([spans, np.repeat(spans[:1], pad, 0)])
+    probs = last_query_probs(model, prompts, rope_theta=rope_theta)
+    masses.append(span_mass(probs, spans)[:len(batch)])
+  mass_BLN = np.concatenate(masses)
+  mean, std = mass_BLN.mean(0), mass_BLN.std(0)
+  order = np.argsort(-mean, axis=None)
+  L, N = mean.shape
+  top = [dict(layer=int(j // N), head=int(j % N), mean=float(mean.flat[j]),
+              std=float(std.flat[j])) for j in order]
+  theta = model.config.rope_theta if rope_theta is None else rope_theta
+  return dict(context_length=int(length), trials=int(trials), rope_theta=float(theta),
+              mean=mean.tolist(), std=std.tolist(), top_heads=top,
+              depths=[float(ex["depth"]) for ex in examples],
+              needle_tokens=[int(ex["needle_span"][1] - ex["needle_span"][0]) for ex in examples])
+
+
+def plot(results: list[dict], path: str, top_k: int = 10):
+  """Top: the top_k heads of each model (bars, mean +- std). Bottom: mean weight per layer x head."""
+  plt = common.pyplot()
+  M = len(results)
+  fig, axes = plt.subplots(2, M, figsize=(5.5 * M, 8), squeeze=False)
+  for m, entry in enumerate(results):
+    res = entry["result"]
+    top = res["top_heads"][:top_k]
+    ax = axes[0, m]
+    ax.bar(range(len(top)), [h["mean"] for h in top], yerr=[h["std"] for h in top], capsize=2)
+    ax.set_xticks(range(len(top)), [f"L{h['layer']}H{h['head']}" for h in top], rotation=60,
+                  fontsize=7)
+    ax.set(ylim=(0, 1), ylabel="attention to the needle number",
+           title=f"{entry['label']}: top {len(top)} heads (T={res['context_length']})")
+    im = axes[1, m].imshow(np.asarray(res["mean"]), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    L, N = np.asarray(res["mean"]).shape
+    axes[1, m].set_xticks(range(N))
+    axes[1, m].set_yticks(range(L))
+    axes[1, m].set(xlabel="head", ylabel="layer", title="mean weight on the needle number")
+    fig.colorbar(im, ax=axes[1, m])
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def markdown(results: list[dict], top_k: int = 10) -> str:
+  """The top_k heads of each model, and its largest and summed weights."""
+  lines = ["| model | T | θ | trials | top heads (layer.head: mean weight) | max | sum over heads, mean per layer |",
+           "|---|---|---|---|---|---|---|"]
+  for entry in results:
+    res = entry["result"]
+    mean = np.asarray(res["mean"])
+    tops = ", ".join(f"{h['layer']}.{h['head']}: {h['mean']:.3f}" for h in res["top_heads"][:top_k])
+    lines.append(f"| {entry['label']} | {res['context_length']} | {res['rope_theta']:g} | "
+                 f"{res['trials']} | {tops} | {mean.max():.3f} | {mean.sum(1).mean():.3f} |")
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,78 @@
+"""The learned SSMax scale s (and bias b) of every layer and head: table and heatmap."""
+import os
+
+import numpy as np
+
+from ssmax_jax import ops
+from ssmax_jax.evals import common
+
+
+def head_scalars(model) -> dict:
+  """{'variant', 's': [L][N] or None, 'b': [L][N] or None, 's_init', 'fixed_s'}.
+
+  s and b are None where the variant does not learn them; fixed_s is set for ssmax_fixed.
+  """
+  cfg = model.config
+  s_init = None
+  if cfg.attention in ops.LEARNED_VARIANTS:
+    s_init = cfg.s_init if cfg.s_init is not None else ops.default_s_init(cfg.l_train)
+  out = dict(variant=cfg.attention, s=None, b=None, fixed_s=None, s_init=s_init)
+  for name in ("s", "b"):
+    values = [getattr(a.logit_scale, name) for a in model.attention_layers()]
+    if all(v is not None for v in values):
+      out[name] = np.stack([np.asarray(v[...], np.float64) for v in values]).tolist()
+  if cfg.attention == "ssmax_fixed":
+    out["fixed_s"] = float(cfg.fixed_s)
+  return out
+
+
+def _table(name, values_LN):
+  arr = np.asarray(values_LN)
+  L, N = arr.shape
+  lines = [f"| {name} | " + " | ".join(f"h{h}" for h in range(N)) + " | mean |",
+           "|---|" + "---|" * (N + 1)]
+  for layer in range(L):
+    lines.append(f"| layer {layer} | " + " | ".join(f"{v:.4f}" for v in arr[layer])
+                 + f" | {arr[layer].mean():.4f} |")
+  return "\n".join(lines)
+
+
+def markdown(results: list[dict], base_dir: str = "") -> str:
+  out = []
+  for entry in results:
+    r = entry["result"]
+    out.append(f"**{entry['label']}** (variant {r['variant']}"
+               + (f", s init {r['s_init']:.4f}" if r.get("s_init") else "") + ")")
+    out.append("")
+    if r["s"] is None:
+      out.append(f"No learned s: variant {r['variant']}"
+                 + (f" uses the constant s = {r['fixed_s']:g}." if r["fixed_s"] is not None
+                    else " has no s."))
+    for name in ("s", "b"):
+      if r[name] is not None:
+        out.append(_table(name, r[name]))
+        out.append("")
+    if entry.get("figure"):
+      out.append(f"![learned s {entry['label']}]({os.path.join(base_dir, entry['figure'])})")
+    out.append("")
+  return "\n".join(out)
+
+
+def plot(entry: dict, path: str):
+  """Heatmaps of s (and b) [layer x head] of one model."""
+  plt = common.pyplot()
+  r = entry["result"]
+  names = [n for n in ("s", "b") if r[n] is not None]
+  fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
+  for ax, name in zip(axes[0], names):
+    arr = np.asarray(r[name])
+    im = ax.imshow(arr, cmap="coolwarm" if name == "b" else "viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(arr):
+      ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
+    ax.set_xticks(range(arr.shape[1]))
+    ax.set_yticks(range(arr.shape[0]))
+    ax.set(xlabel="head", ylabel="layer", title=f"{entry['label']}: learned {name}")
+    fig.colorbar(im, ax=ax)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

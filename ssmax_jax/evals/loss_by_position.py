@@ -1,0 +1,157 @@
+"""Test loss per position at context lengths beyond training (the paper's Fig. 5).
+
+The model reads windows of the validation token stream of length T + 1 (inputs, then targets
+shifted by one) at evenly spaced offsets; the loss at position p is the mean over windows of
+-log p(token p+1 | tokens 0..p). Logits are taken a chunk of positions at a time, so memory
+is O(T) whenever attention is (a flash backend).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ssmax_jax.evals import common
+
+
+def window_starts(num_tokens: int, length: int, num_sequences: int, doc_starts=None) -> np.ndarray:
+  """Offsets of `num_sequences` windows of length + 1 tokens in the stream: evenly spaced, or
+  (doc_starts given) the starts of documents at least that long, evenly chosen among them."""
+  if num_sequences < 1:
+    raise ValueError(f"num_sequences={num_sequences} must be >= 1.")
+  if doc_starts is not None:
+    doc_starts = np.asarray(doc_starts, np.int64)
+    long_docs = doc_starts[:-1][np.diff(doc_starts) >= length + 1]
+    if not len(long_docs):
+      raise ValueError(f"no document of the evaluation data has {length} + 1 tokens: use a "
+                       "shorter context, documents_only=False, or a --data_source with longer "
+                       "documents.")
+    pick = np.linspace(0, len(long_docs) - 1, min(num_sequences, len(long_docs)))
+    return long_docs[np.unique(pick.round().astype(np.int64))]
+  room = num_tokens - (length + 1)
+  if room < 0:
+    raise ValueError(f"the evaluation data has {num_tokens} tokens, fewer than context length "
+                     f"{length} + 1: use a shorter context or a larger --data_source.")
+  return np.linspace(0, room, num_sequences).round().astype(np.int64)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
+def _token_nll(graphdef, state, inputs_BT, targets_BT, rope_theta, chunk):
+  model = nnx.merge(graphdef, state)
+  h_BTD = model.hidden(inputs_BT, rope_theta=rope_theta)
+  B, T, D = h_BTD.shape
+  C = T // chunk
+
+  def body(_, xs):
+    h_BcD, tgt_Bc = xs
+    logits_BcV = model.logits(h_BcD)
+    lse_Bc = jax.nn.logsumexp(logits_BcV, axis=-1)
+    tgt_Bc1 = jnp.take_along_axis(logits_BcV, tgt_Bc[..., None], axis=-1)
+    return None, lse_Bc - tgt_Bc1[..., 0]
+
+  h_CBcD = jnp.moveaxis(h_BTD.reshape(B, C, chunk, D), 1, 0)
+  tgt_CBc = jnp.moveaxis(targets_BT.reshape(B, C, chunk), 1, 0)
+  _, nll_CBc = jax.lax.scan(body, None, (h_CBcD, tgt_CBc))
+  return jnp.moveaxis(nll_CBc, 0, 1).reshape(B, T)
+
+
+def token_nll(model, inputs_BT, targets_BT, *, rope_theta=None, chunk_tokens=8192):
+  """float32 [B,T] next-token losses -log p(targets | inputs up to each position)."""
+  B, T = inputs_BT.shape
+  # The largest divisor of T whose [B, chunk, V] logits stay within chunk_tokens positions.
+  chunk = max(c for c in range(1, T + 1) if T % c == 0 and (B * c <= chunk_tokens or c == 1))
+  theta = model.config.rope_theta if rope_theta is None else rope_theta
+  graphdef, state = nnx.split(model)
+  return _token_nll(graphdef, state, jnp.asarray(inputs_BT, jnp.int32),
+                    jnp.asarray(targets_BT, jnp.int32), jnp.float32(theta), chunk)
+
+
+def windowed(values_T, window: int) -> tuple[np.ndarray, np.ndarray]:
+  """(starts, means) of consecutive windows of `window` positions (the last may be shorter)."""
+  values_T = np.asarray(values_T, np.float64)
+  if window < 1:
+    raise ValueError(f"window={window} must be >= 1.")
+  starts = np.arange(0, len(values_T), window)
+  return starts, np.asarray([values_T[s:s + window].mean() for s in starts])
+
+
+def loss_by_position(model, tokens, length: int, *, num_sequences: int, batch_size: int = 1,
+                     rope_theta=None, window: int = 128, chunk_tokens: int = 8192,
+                     doc_starts=None, show_progress: bool = True, desc: str = "") -> dict:
+  """Per-position mean test loss of `model` on `num_sequences` windows of `length` tokens.
+
+  tokens: the flat validation stream; windows cross document boundaries unless doc_starts
+  (the corpus' document offsets) is given, which puts each window at a document's start (at
+  most num_sequences documents of length + 1 tokens or more). Returns a dict: context_length,
+  rope_theta, num_sequences, mean_loss, loss_per_position [T], window, window_starts,
+  windowed_loss.
+  """
+  starts = window_starts(len(tokens), length, num_sequences, doc_starts)
+  total_T = np.zeros(length, np.float64)
+  batches = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
+  for batch_starts in common.progress(batches, desc=desc, enabled=show_progress):
+    rows = np.stack([np.asarray(tokens[s:s + length + 1], np.int32) for s in batch_starts])
+    pad = batch_size - len(rows)  # a short last batch is padded so that one compile serves all
+    rows = np.concatenate([rows, np.repeat(rows[:1], pad, axis=0)]) if pad else rows
+    nll_BT = np.asarray(token_nll(model, rows[:, :-1], rows[:, 1:], rope_theta=rope_theta,
+                                  chunk_tokens=chunk_tokens))
+    total_T += nll_BT[:len(batch_starts)].sum(0)
+  per_position = total_T / len(starts)
+  w_starts, w_means = windowed(per_position, window)
+  theta = model.config.rope_theta if rope_theta is None else rope_theta
+  return dict(context_length=int(length), rope_theta=float(theta), num_sequences=len(starts),
+              mean_loss=float(per_position.mean()), loss_per_position=per_position.tolist(),
+              window=int(window), window_starts=w_starts.tolist(), windowed_loss=w_means.tolist())
+
+
+def _curve_label(entry, curve, many_thetas):
+  return entry["label"] + (f" (θ×{curve['theta_scale']:g})" if many_thetas else "")
+
+
+def plot(results: list[dict], path: str, title: str = "Test loss by position"):
+  """Left: windowed loss over positions at the longest context, one curve per model and theta.
+  Right: mean loss against context length. Vertical lines mark multiples of l_train."""
+  plt = common.pyplot()
+  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+  many = len({c["theta_scale"] for e in results for c in e["curves"]}) > 1
+  l_train = None
+  for entry in results:
+    l_train = entry["l_train"]
+    longest = max(c["context_length"] for c in entry["curves"])
+    for scale in sorted({c["theta_scale"] for c in entry["curves"]}):
+      curves = sorted((c for c in entry["curves"] if c["theta_scale"] == scale),
+                      key=lambda c: c["context_length"])
+      top = next(c for c in curves if c["context_length"] == longest)
+      label = _curve_label(entry, top, many)
+      x = np.asarray(top["window_starts"]) + top["window"] / 2
+      line, = ax.plot(x, top["windowed_loss"], label=label)
+      ax2.plot([c["context_length"] for c in curves], [c["mean_loss"] for c in curves], "o-",
+               color=line.get_color(), label=label)
+  if l_train:
+    for ax_ in (ax, ax2):
+      ax_.axvline(l_train, color="gray", ls=":", lw=1)
+  ax.set(xlabel="position", ylabel="test loss (window mean)", title=title)
+  lengths = sorted({c["context_length"] for e in results for c in e["curves"]})
+  ax2.set(xlabel="context length", ylabel="mean test loss", xscale="log",
+          title="Mean loss over the context")
+  ax2.set_xticks(lengths, [str(t) for t in lengths])
+  ax2.minorticks_off()
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def markdown(results: list[dict]) -> str:
+  """Mean test loss per model and theta (rows) at each context length (columns)."""
+  lengths = sorted({c["context_length"] for e in results for c in e["curves"]})
+  lines = ["| model | RoPE θ | " + " | ".join(f"T={t}" for t in lengths) + " |",
+           "|---|---|" + "---|" * len(lengths)]
+  for entry in results:
+    for scale in sorted({c["theta_scale"] for c in entry["curves"]}):
+      by_len = {c["context_length"]: c for c in entry["curves"] if c["theta_scale"] == scale}
+      theta = next(iter(by_len.values()))["rope_theta"]
+      cells = [f"{by_len[t]['mean_loss']:.4f}" if t in by_len else "" for t in lengths]
+      lines.append(f"| {entry['label']} | {theta:g} (×{scale:g}) | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"

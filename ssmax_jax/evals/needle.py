@@ -1,0 +1,206 @@
+"""Needle in a haystack (paper section 3.3): exact-match retrieval over context length x depth.
+
+A trial hides "The special magic {city} number is: {7 digits}." at a depth of a haystack cut
+from the validation stream, asks for the number, and decodes greedily with the KV cache. The
+prompt has exactly the cell's context length (the needle example is built `answer tokens`
+longer and the answer cut off), so the trials of one length share one compiled decoder.
+"""
+import functools
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ssmax_jax import data
+from ssmax_jax.evals import common
+
+
+def needle_trial(tokenizer, tokens, length: int, depth: float, rng: np.random.Generator) -> dict:
+  """A needle example whose prompt is `length` tokens: the data's dict plus prompt [length] and
+  answer [A] (the number's tokens). City, number and the haystack offset come from `rng`."""
+  city = str(rng.choice(list(data.CITIES)))
+  number = str(rng.integers(10**6, 10**7))
+  answer_len = len(tokenizer.encode(f" {number}"))
+  total = length + answer_len
+  if len(tokens) < total:
+    raise ValueError(f"the evaluation data has {len(tokens)} tokens, fewer than context length "
+                     f"{length} + the answer: use a shorter context or a larger --data_source.")
+  offset = int(rng.integers(0, len(tokens) - total + 1))
+  hay = np.asarray(tokens[offset:offset + total], np.int32)
+  ex = data.needle_example(tokenizer, hay, total, depth, city=city, number=number)
+  assert ex["last_prompt_index"] == length - 1, (ex["last_prompt_index"], length)
+  ex["prompt"], ex["answer"] = ex["tokens"][:length], ex["tokens"][length:]
+  return ex
+
+
+def min_context_length(tokenizer) -> int:
+  """The shortest prompt a needle example fits in (the needle, the question, a few haystack tokens)."""
+  fixed = tokenizer.encode("\nThe special magic Santiago number is: 8106422.\nWhat is the special"
+                           " magic Santiago number? The special magic Santiago number is:")
+  return len(fixed) + 8
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new"))
+def _greedy(graphdef, state, prompt_BT, rope_theta, max_new):
+  model = nnx.merge(graphdef, state)
+  B, T = prompt_BT.shape
+  # Only the last prompt position's logits: [B,T,V] float32 would be 16 GB at B=4, T=20k, GPT-2.
+  h_BTD = model.hidden(prompt_BT, decode=True, rope_theta=rope_theta)
+  logits_BV = model.logits(h_BTD[:, -1])
+  out_BA = jnp.zeros((B, max_new), jnp.int32).at[:, 0].set(
+      jnp.argmax(logits_BV, -1).astype(jnp.int32))
+
+  def step(i, carry):
+    out_BA, state = carry
+    m = nnx.merge(graphdef, state)
+    last_B1 = jax.lax.dynamic_slice_in_dim(out_BA, i - 1, 1, axis=1)
+    logits_B1V = m(last_B1, decode=True, rope_theta=rope_theta)
+    out_BA = jax.lax.dynamic_update_slice_in_dim(
+        out_BA, jnp.argmax(logits_B1V, -1).astype(jnp.int32), i, axis=1)
+    return out_BA, nnx.state(m)
+
+  out_BA, _ = jax.lax.fori_loop(1, max_new, step, (out_BA, nnx.state(model)))
+  return out_BA
+
+
+def greedy_decode(model, prompt_BT, max_new: int, *, rope_theta=None) -> np.ndarray:
+  """[B, max_new] greedy continuation with the KV cache (as models.transformer.generate), compiled
+  once per (B, T, max_new) and reused across calls, which an evaluation grid needs."""
+  B, T = prompt_BT.shape
+  model.init_cache(B, T + max_new)
+  theta = model.config.rope_theta if rope_theta is None else rope_theta
+  graphdef, state = nnx.split(model)
+  try:
+    out = _greedy(graphdef, state, jnp.asarray(prompt_BT, jnp.int32), jnp.float32(theta), max_new)
+  finally:
+    for attn in model.attention_layers():
+      attn.cache_k = attn.cache_v = attn.cache_index = None
+  return np.asarray(out)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "answer_len"))
+def _teacher_forced(graphdef, state, tokens_BL, start, rope_theta, answer_len):
+  model = nnx.merge(graphdef, state)
+  h_BLD = model.hidden(tokens_BL, rope_theta=rope_theta)
+  h_BAD = jax.lax.dynamic_slice_in_dim(h_BLD, start - 1, answer_len, axis=1)
+  return jnp.argmax(model.logits(h_BAD), -1).astype(jnp.int32)
+
+
+def teacher_forced_argmax(model, prompt_BT, answer_BA, *, rope_theta=None) -> np.ndarray:
+  """[B, A] argmax predictions at the answer positions given the true answer prefix: one forward.
+  All A match exactly when greedy decoding would produce the answer."""
+  B, T = prompt_BT.shape
+  tokens = np.concatenate([prompt_BT, answer_BA], axis=1)
+  theta = model.config.rope_theta if rope_theta is None else rope_theta
+  graphdef, state = nnx.split(model)
+  return np.asarray(_teacher_forced(graphdef, state, jnp.asarray(tokens, jnp.int32), T,
+                                    jnp.float32(theta), answer_BA.shape[1]))
+
+
+def cell_rng(seed: int, length: int, depth_index: int) -> np.random.Generator:
+  return np.random.default_rng([seed, length, depth_index])
+
+
+def needle_grid(model, tokenizer, tokens, lengths, depths, *, trials: int = 20,
+                rope_theta=None, batch_size: int = 8, seed: int = 0, method: str = "generate",
+                show_progress: bool = True, desc: str = "") -> dict:
+  """Exact-match accuracy of the 7-digit answer on a lengths x depths grid.
+
+  method: 'generate' (greedy decoding with the KV cache) or 'teacher_forcing' (argmax at each
+  answer position given the true prefix: the same exact match in one forward, no generated text).
+  Returns a dict: context_lengths, depths, trials, rope_theta, method, accuracy [len x depth],
+  correct [len x depth], predictions [len][depth][trial] (decoded text) and numbers (the answers).
+  """
+  if method not in ("generate", "teacher_forcing"):
+    raise ValueError(f"method={method!r}; choose 'generate' or 'teacher_forcing'.")
+  if trials < 1 or batch_size < 1:
+    raise ValueError(f"trials={trials} and batch_size={batch_size} must be >= 1.")
+  for d in depths:
+    if not 0.0 <= d <= 1.0:
+      raise ValueError(f"depth {d} is outside [0, 1].")
+  shortest = min_context_length(tokenizer)
+  if min(lengths) < shortest:
+    raise ValueError(f"context length {min(lengths)} is too short for a needle example with "
+                     f"tokenizer {tokenizer.name!r}: use at least {shortest}.")
+  correct = np.zeros((len(lengths), len(depths)), np.int64)
+  predictions = [[[] for _ in depths] for _ in lengths]
+  numbers = [[[] for _ in depths] for _ in lengths]
+  bar = common.progress(total=len(lengths) * len(depths) * trials, desc=desc,
+                        enabled=show_progress)
+  for li, length in enumerate(lengths):
+    cells = [(di, needle_trial(tokenizer, tokens, length, depth, rng))
+             for di, depth in enumerate(depths)
+             for rng in [cell_rng(seed, length, di)] for _ in range(trials)]
+    max_answer = max(len(ex["answer"]) for _, ex in cells)
+    for i in range(0, len(cells), batch_size):
+      batch = cells[i:i + batch_size]
+      prompts = np.stack([ex["prompt"] for _, ex in batch])
+      answers = np.stack([np.pad(ex["answer"], (0, max_answer - len(ex["answer"])))
+                          for _, ex in batch])
+      pad = batch_size - len(batch)  # keep one shape per length: one compile
+      if pad:
+        prompts = np.concatenate([prompts, np.repeat(prompts[:1], pad, 0)])
+        answers = np.concatenate([answers, np.repeat(answers[:1], pad, 0)])
+      if method == "generate":
+        out = greedy_decode(model, prompts, max_answer, rope_theta=rope_theta)
+      else:
+        out = teacher_forced_argmax(model, prompts, answers, rope_theta=rope_theta)
+      for (di, ex), got in zip(batch, out):
+        want = ex["answer"]
+        ok = bool(np.array_equal(got[:len(want)], want))
+        correct[li, di] += ok
+        predictions[li][di].append(tokenizer.decode(got[:len(want)]))
+        numbers[li][di].append(ex["number"])
+      bar.update(len(batch))
+  bar.close()
+  theta = model.config.rope_theta if rope_theta is None else rope_theta
+  return dict(context_lengths=[int(x) for x in lengths], depths=[float(d) for d in depths],
+              trials=int(trials), rope_theta=float(theta), method=method,
+              accuracy=(correct / trials).tolist(), correct=correct.tolist(),
+              predictions=predictions, numbers=numbers)
+
+
+def file_stem(label: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "model"
+
+
+def plot_heatmap(grid: dict, path: str, title: str):
+  """Depth (rows, 0% at the top) x context length (columns), exact-match accuracy 0..1."""
+  plt = common.pyplot()
+  acc = np.asarray(grid["accuracy"]).T  # [depth, length]
+  fig, ax = plt.subplots(figsize=(1.0 + 0.9 * acc.shape[1], 1.2 + 0.45 * acc.shape[0]))
+  im = ax.imshow(acc, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
+  ax.set_xticks(range(acc.shape[1]), [str(x) for x in grid["context_lengths"]])
+  ax.set_yticks(range(acc.shape[0]), [f"{100 * d:.0f}%" for d in grid["depths"]])
+  for (r, c), v in np.ndenumerate(acc):
+    ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7)
+  ax.set(xlabel="context length (tokens)", ylabel="needle depth", title=title)
+  fig.colorbar(im, ax=ax, label="exact match")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def markdown(results: list[dict], base_dir: str = "") -> str:
+  """One table per model and theta: depth rows x length columns, plus the mean per length."""
+  out = []
+  for entry in results:
+    for grid in entry["grids"]:
+      lengths, depths = grid["context_lengths"], grid["depths"]
+      acc = np.asarray(grid["accuracy"])
+      out.append(f"**{entry['label']}**, RoPE θ {grid['rope_theta']:g} "
+                 f"(×{grid['theta_scale']:g}), {grid['trials']} trials per cell, {grid['method']}")
+      out.append("")
+      out.append("| depth | " + " | ".join(f"T={t}" for t in lengths) + " |")
+      out.append("|---|" + "---|" * len(lengths))
+      for di, d in enumerate(depths):
+        out.append(f"| {100 * d:.0f}% | " + " | ".join(f"{a:.2f}" for a in acc[:, di]) + " |")
+      out.append("| mean | " + " | ".join(f"**{a:.2f}**" for a in acc.mean(1)) + " |")
+      if grid.get("figure"):
+        out.append("")
+        out.append(f"![needle {entry['label']}]({os.path.join(base_dir, grid['figure'])})")
+      out.append("")
+  return "\n".join(out)
