@@ -95,24 +95,14 @@ def load(spec: ModelSpec, implementation="default"):
   return load_model(spec.workdir, spec.step, overrides=overrides)
 
 
-def model_info(spec: ModelSpec, model, config, step=None) -> dict:
+def model_info(spec: ModelSpec, model, config) -> dict:
   cfg = model.config
-  return dict(label=spec.label, workdir=os.path.abspath(spec.workdir), step=step,
+  return dict(label=spec.label, workdir=os.path.abspath(spec.workdir),
+              step=config.get("restored_step"),
               variant=cfg.attention,
               l_train=int(cfg.l_train), rope_theta=float(cfg.rope_theta),
               num_layers=cfg.num_layers, num_heads=cfg.num_heads, d_model=cfg.d_model,
               tokenizer=str(config.data.tokenizer), data_source=str(config.data.source))
-
-
-def checkpoint_step(workdir, step):
-  """The step `load` restores: `step`, or the latest."""
-  if step is not None:
-    return int(step)
-  from ssmax_jax.train import Checkpointer
-  ckpt = Checkpointer(workdir, read_only=True)
-  steps = ckpt.steps()
-  ckpt.close()
-  return steps[-1] if steps else None
 
 
 # --- Memory -------------------------------------------------------------------------------------

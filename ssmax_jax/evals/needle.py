@@ -16,6 +16,7 @@ from flax import nnx
 
 from ssmax_jax import data
 from ssmax_jax.evals import common
+from ssmax_jax.models import generate
 
 
 def needle_trial(tokenizer, tokens, length: int, depth: float, rng: np.random.Generator) -> dict:
@@ -43,42 +44,11 @@ def min_context_length(tokenizer) -> int:
   return len(fixed) + 8
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new"))
-def _greedy(graphdef, state, prompt_BT, rope_theta, max_new):
-  model = nnx.merge(graphdef, state)
-  B, T = prompt_BT.shape
-  # Only the last prompt position's logits: [B,T,V] float32 would be 16 GB at B=4, T=20k, GPT-2.
-  h_BTD = model.hidden(prompt_BT, decode=True, rope_theta=rope_theta)
-  logits_BV = model.logits(h_BTD[:, -1])
-  out_BA = jnp.zeros((B, max_new), jnp.int32).at[:, 0].set(
-      jnp.argmax(logits_BV, -1).astype(jnp.int32))
-
-  def step(i, carry):
-    out_BA, state = carry
-    m = nnx.merge(graphdef, state)
-    last_B1 = jax.lax.dynamic_slice_in_dim(out_BA, i - 1, 1, axis=1)
-    logits_B1V = m(last_B1, decode=True, rope_theta=rope_theta)
-    out_BA = jax.lax.dynamic_update_slice_in_dim(
-        out_BA, jnp.argmax(logits_B1V, -1).astype(jnp.int32), i, axis=1)
-    return out_BA, nnx.state(m)
-
-  out_BA, _ = jax.lax.fori_loop(1, max_new, step, (out_BA, nnx.state(model)))
-  return out_BA
-
-
 def greedy_decode(model, prompt_BT, max_new: int, *, rope_theta=None) -> np.ndarray:
-  """[B, max_new] greedy continuation with the KV cache (as models.transformer.generate), compiled
-  once per (B, T, max_new) and reused across calls, which an evaluation grid needs."""
-  B, T = prompt_BT.shape
-  model.init_cache(B, T + max_new)
-  theta = model.config.rope_theta if rope_theta is None else rope_theta
-  graphdef, state = nnx.split(model)
-  try:
-    out = _greedy(graphdef, state, jnp.asarray(prompt_BT, jnp.int32), jnp.float32(theta), max_new)
-  finally:
-    for attn in model.attention_layers():
-      attn.cache_k = attn.cache_v = attn.cache_index = None
-  return np.asarray(out)
+  """[B, max_new] greedy continuation with the KV cache (models.generate, compiled once per
+  shape and reused across the grid)."""
+  out = generate(model, jnp.asarray(prompt_BT, jnp.int32), max_new, rope_theta=rope_theta)
+  return np.asarray(out[:, prompt_BT.shape[1]:])
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "answer_len"))

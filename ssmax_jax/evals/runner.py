@@ -16,8 +16,7 @@ def _prepare(specs, out_dir, implementation):
   loaded = []
   for spec in specs:
     model, config = common.load(spec, implementation)
-    step = common.checkpoint_step(spec.workdir, spec.step)
-    loaded.append((spec, model, config, common.model_info(spec, model, config, step)))
+    loaded.append((spec, model, config, common.model_info(spec, model, config)))
   os.makedirs(out_dir, exist_ok=True)
   return loaded, out_dir
 

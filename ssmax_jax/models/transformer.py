@@ -1,5 +1,6 @@
 """The paper's decoder-only transformer (Table 1): pre-norm RMSNorm, RoPE, SwiGLU, untied."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -140,45 +141,52 @@ def count_params(model: nnx.Module) -> int:
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature"))
+def _decode(graphdef, state, prompt_BT, key, rope_theta, max_new_tokens, temperature):
+  B, T = prompt_BT.shape
+
+  def pick(logits_BV, i):
+    if temperature == 0:
+      return jnp.argmax(logits_BV, -1).astype(jnp.int32)
+    draw = jax.random.categorical(jax.random.fold_in(key, i), logits_BV / temperature)
+    return draw.astype(jnp.int32)
+
+  model = nnx.merge(graphdef, state)
+  # Logits of the last prompt position only: [B,T,V] float32 would be 16 GB at B=4, T=20k, GPT-2.
+  h_BTD = model.hidden(prompt_BT, decode=True, rope_theta=rope_theta)
+  new_BA = jnp.zeros((B, max_new_tokens), jnp.int32).at[:, 0].set(
+      pick(model.logits(h_BTD[:, -1]), T))
+
+  def step(i, carry):
+    new_BA, state = carry
+    m = nnx.merge(graphdef, state)
+    last_B1 = jax.lax.dynamic_slice_in_dim(new_BA, i - 1, 1, axis=1)
+    logits_B1V = m(last_B1, decode=True, rope_theta=rope_theta)
+    new_BA = jax.lax.dynamic_update_slice_in_dim(
+        new_BA, pick(logits_B1V[:, 0], T + i)[:, None], i, axis=1)
+    return new_BA, nnx.state(m)
+
+  new_BA, _ = jax.lax.fori_loop(1, max_new_tokens, step, (new_BA, nnx.state(model)))
+  return jnp.concatenate([prompt_BT, new_BA], axis=1)
+
+
 def generate(model: Transformer, prompt_BT, max_new_tokens: int, *, temperature=0.0, seed=0,
              rope_theta=None):
   """Decodes with the KV cache: returns [B, T + max_new_tokens] tokens.
 
   temperature 0 is greedy decoding; above 0, tokens are drawn from softmax(logits / temperature)
   (small models loop under greedy decoding). The prompt is processed in one call, then one token
-  per step under lax.fori_loop.
+  per step under lax.fori_loop; compiled once per shape and reused across calls.
   """
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1.")
   B, T = prompt_BT.shape
-  total = T + max_new_tokens
-  model.init_cache(B, total)
+  model.init_cache(B, T + max_new_tokens)
+  theta = model.config.rope_theta if rope_theta is None else rope_theta
   graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def run(state, prompt_BT, key):
-    def pick(logits_BV, i):
-      if temperature == 0:
-        return jnp.argmax(logits_BV, -1).astype(jnp.int32)
-      draw = jax.random.categorical(jax.random.fold_in(key, i), logits_BV / temperature)
-      return draw.astype(jnp.int32)
-
-    m = nnx.merge(graphdef, state)
-    logits_BTV = m(prompt_BT, decode=True, rope_theta=rope_theta)
-    tokens = jnp.zeros((B, total), jnp.int32).at[:, :T].set(prompt_BT)
-    tokens = tokens.at[:, T].set(pick(logits_BTV[:, -1], T))
-
-    def step(i, carry):
-      tokens, state = carry
-      m = nnx.merge(graphdef, state)
-      last_B1 = jax.lax.dynamic_slice_in_dim(tokens, i, 1, axis=1)
-      logits_B1V = m(last_B1, decode=True, rope_theta=rope_theta)
-      tokens = jax.lax.dynamic_update_slice_in_dim(
-          tokens, pick(logits_B1V[:, 0], i + 1)[:, None], i + 1, axis=1)
-      return tokens, nnx.state(m)
-
-    tokens, _ = jax.lax.fori_loop(T, total - 1, step, (tokens, nnx.state(m)))
-    return tokens
-
-  out = run(state, jnp.asarray(prompt_BT, jnp.int32), jax.random.key(seed))
-  for attn in model.attention_layers():  # decoding state is not kept after generation
-    attn.cache_k = attn.cache_v = attn.cache_index = None
-  return out
+  try:
+    return _decode(graphdef, state, jnp.asarray(prompt_BT, jnp.int32), jax.random.key(seed),
+                   jnp.float32(theta), max_new_tokens, float(temperature))
+  finally:  # decoding state is not kept after generation
+    for attn in model.attention_layers():
+      attn.cache_k = attn.cache_v = attn.cache_index = None

@@ -25,14 +25,17 @@ def _check_qkv(query, key, value):
     raise ValueError(f"query has {N} heads and key/value {key.shape[2]}: N % K must be 0 (GQA).")
 
 
-def _multiplier(spec, num_heads, s, b, logit_multiplier):
-  """c [B,T,N] float32, or None for plain softmax."""
+def _check_c_args(s, b, logit_multiplier):
   if b is not None and s is None:
     raise ValueError("b was given without s; b is the bias of s*log(n) + b: pass s as well.")
+  if logit_multiplier is not None and (s is not None or b is not None):
+    raise ValueError("logit_multiplier is exclusive with s and b: pass either the multiplier c,"
+                     " or s (and b) to have it computed from n.")
+
+
+def _multiplier(spec, num_heads, s, b, logit_multiplier, n):
+  """c [B,T,N] float32, or None for plain softmax (arguments checked by _check_c_args)."""
   if logit_multiplier is not None:
-    if s is not None or b is not None:
-      raise ValueError("logit_multiplier is exclusive with s and b: pass either the multiplier c,"
-                       " or s (and b) to have it computed from n.")
     c = jnp.asarray(logit_multiplier, jnp.float32)
     want = (spec.batch, spec.q_len, num_heads)
     if c.ndim != 3 or c.shape[:2] != want[:2] or c.shape[2] not in (1, num_heads):
@@ -41,12 +44,10 @@ def _multiplier(spec, num_heads, s, b, logit_multiplier):
   if s is None:
     return None
   variant = "ssmax" if b is None else "ssmax_bias"
-  n = masks.counts_from_spec(spec)
   return variants.logit_multiplier(variant, n, s=s, b=b, num_heads=num_heads)
 
 
-def _cudnn_supports(query, spec, bias):
-  del bias
+def _cudnn_supports(query, spec):
   return (jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)
           and spec.q_seg_BT is None and query.shape[-1] % 8 == 0 and query.shape[-1] <= 128
           and (spec.window is None or (spec.causal and spec.window[1] == 0)))
@@ -71,7 +72,7 @@ def _choose(implementation, query, spec, bias, default_positions):
   platform = jax.default_backend()
   if platform == "cpu":
     return "xla"
-  if platform == "gpu" and default_positions and _cudnn_supports(query, spec, bias):
+  if platform == "gpu" and default_positions and _cudnn_supports(query, spec):
     return "cudnn"
   if _pallas_supports(spec, bias) and (platform == "tpu" or query.dtype != jnp.float32):
     return "pallas"
@@ -96,7 +97,7 @@ def _run_pallas(q, k, v, c, spec, scale, default_positions):
                                  window=spec.window, interpret=platform == "cpu")
 
 
-def _run_cudnn(q, k, v, c, spec, scale, bias):
+def _run_cudnn(q, k, v, c, spec, scale, bias, n):
   if c is not None:
     # cuDNN has no multiplier input: fold c into q (rounded to q's dtype; docs/variants.md).
     q = (q.astype(jnp.float32) * c[..., None]).astype(q.dtype)
@@ -106,7 +107,6 @@ def _run_cudnn(q, k, v, c, spec, scale, bias):
       key_value_seq_lengths=spec.kv_len_B, local_window_size=spec.window,
       implementation="cudnn")
   # jax.nn returns mean(v) for a query with no key; we return zeros like every other backend.
-  n = masks.counts_from_spec(spec)
   attends = (n > 0) if n.ndim == 3 else (n > 0)[:, :, None]
   return jnp.where(attends[..., None], out, 0).astype(q.dtype)
 
@@ -142,14 +142,17 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, s=None, b=
     except ValueError:
       raise ValueError(f"bias has shape {bias.shape}, not broadcastable to [B,N,T,S]="
                        f"{[B, N, T, key.shape[1]]}.") from None
+  _check_c_args(s, b, logit_multiplier)
   impl = _choose(implementation, query, spec, bias, query_positions is None)
-  c = _multiplier(spec, N, s, b, logit_multiplier)
+  # n serves s (and b) and cuDNN's zeroing of empty rows: counted once, only if needed.
+  n = masks.counts_from_spec(spec) if (s is not None or impl == "cudnn") else None
+  c = _multiplier(spec, N, s, b, logit_multiplier, n)
   scale = 1.0 / math.sqrt(H) if scale is None else float(scale)
 
   if impl == "xla":
     out = xla.attention_xla(query, key, value, c, spec, scale=scale, bias=bias)
   elif impl == "cudnn":
-    out = _run_cudnn(query, key, value, c, spec, scale, bias)
+    out = _run_cudnn(query, key, value, c, spec, scale, bias, n)
   else:
     out = _run_pallas(query, key, value, c, spec, scale, query_positions is None)
   if spec.q_valid_B is not None:

@@ -133,7 +133,8 @@ def load_model(workdir: str, step: int | None = None, *, overrides: dict | None 
   a softmax checkpoint can be evaluated as qwen_logn, or as SSMax with s = 1/mean(log n).
   mesh: shard the parameters over this mesh by their logical names (default: one device).
   Returns (model, config): config is the run's ml_collections config with config.model updated
-  to the returned model (its attention variant in effect and the overrides).
+  to the returned model (its attention variant in effect and the overrides) and
+  config.restored_step the step restored.
   """
   config = read_config(workdir)
   ckpt = Checkpointer(workdir, read_only=True)
@@ -171,4 +172,6 @@ def load_model(workdir: str, step: int | None = None, *, overrides: dict | None 
   for key, value in dataclasses.asdict(model.config).items():
     config.model[key] = value
   config.model.l_train = model.config.l_train
+  with config.unlocked():
+    config.restored_step = int(step)  # the step actually restored (a corrupt latest is skipped)
   return model, config
