@@ -32,7 +32,7 @@ flags.DEFINE_list("rows", ["triton", "mosaic", "cudnn", "tokamax_mosaic", "tokam
 flags.DEFINE_integer("iters", 20, "Timed calls per measurement (median reported).")
 flags.DEFINE_integer("xla_max_t", 8192, "Skip XLA (materialises T x T) above this T.")
 flags.DEFINE_string("mosaic_variants", "", "Extra Mosaic GPU tiles to time at every shape: "
-                    "';'-separated 'block_kv,stages'.")
+                    "';'-separated 'block_kv,stages[,dq_block_kv,dq_stages,dkv_block_q,dkv_stages]'.")
 flags.DEFINE_string("triton_variants", "", "Extra Triton block configs to time at every shape: "
                     "';'-separated 'name:fwd=bq,bk,warps,stages/dq=.../dkdv=...'.")
 
@@ -131,9 +131,8 @@ def _implementations(tokamax_version):
       from ssmax_jax.kernels import mosaic_gpu  # pylint: disable=g-import-not-at-top
       impls["mosaic"] = _ours(mosaic_gpu)
       for text in filter(None, FLAGS.mosaic_variants.split(";")):
-        block_kv, stages = (int(x) for x in text.split(","))
-        impls[f"mosaic[{block_kv},{stages}]"] = _ours(mosaic_gpu, tiles=mosaic_gpu.Tiles(block_kv,
-                                                                                       stages))
+        tiles = mosaic_gpu.Tiles(*(int(x) for x in text.split(",")))
+        impls[f"mosaic[{text}]"] = _ours(mosaic_gpu, tiles=tiles)
     except Exception as e:  # noqa: BLE001 -- report and go on with the other rows
       print(f"mosaic_gpu kernel not importable: {type(e).__name__}: {e}", flush=True)
   if "cudnn" in FLAGS.rows:
@@ -154,7 +153,7 @@ def _measure(name, attn, variant, q, k, v, s_N, ref):
     from ssmax_jax.kernels import mosaic_gpu  # pylint: disable=g-import-not-at-top
     reason = mosaic_gpu.unsupported_reason(q, k, None, None, None, None,
                                            mosaic_gpu.default_tiles(H), False)
-    row["path"] = "hopper fwd + triton bwd" if reason is None else f"triton ({reason})"
+    row["path"] = "hopper fwd + hopper bwd" if reason is None else f"triton ({reason})"
   s_arg = None if variant == "softmax" else s_N
   fwd = jax.jit(lambda q, k, v, s: attn(q, k, v, s))
   argnums = (0, 1, 2) if s_arg is None else (0, 1, 2, 3)

@@ -1,7 +1,7 @@
-"""The Hopper (Pallas Mosaic GPU) flash-attention forward, its Triton backward and fallback.
+"""The Hopper (Pallas Mosaic GPU) flash-attention forward and backward, and the fallback.
 
-On CPU: the Hopper kernel is lowered for an abstract H200 (catches lowering errors without a
-GPU), and calls the Hopper path cannot take are checked to reach triton_gpu. On a Hopper GPU
+On CPU: the Hopper kernels (forward, and the backward's dq/dc and dk/dv kernels) are lowered
+for an abstract H200 (catches lowering errors without a GPU), and calls the Hopper path cannot take are checked to reach triton_gpu. On a Hopper GPU
 (marked gpu): forward against the float64 reference, gradients against jax.grad of the
 float64 dense attention of test_kernel_triton. bf16 tolerances relative to the largest
 reference magnitude: 2e-2 forward, 4e-2 gradients (P is rounded to bf16 before P.V).
@@ -33,6 +33,26 @@ def test_lowers_for_h200_without_a_gpu(head_dim, causal, tiles):
   assert "mosaic_gpu" in text
 
 
+@pytest.mark.parametrize("head_dim,causal,heads,tiles", [
+    (128, True, (2, 2), mosaic_gpu.Tiles(128, 2)),
+    (64, False, (4, 2), mosaic_gpu.Tiles(64, 3, 128, 2, 128, 3)),
+    (128, True, (4, 1), mosaic_gpu.Tiles(128, 2, 64, 3, 64, 2))])
+def test_backward_lowers_for_h200_without_a_gpu(head_dim, causal, heads, tiles):
+  device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="gpu")
+  mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
+  N, K = heads
+  q = jax.ShapeDtypeStruct((1, 256, N, head_dim), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((1, 256, K, head_dim), jnp.bfloat16)
+  c = jax.ShapeDtypeStruct((1, 256, N), jnp.float32)
+  loss = lambda q, k, v, c: mosaic_gpu._flash(q, k, v, c, 0.1, causal, tiles).astype(
+      jnp.float32).sum()
+  grads = jax.grad(loss, argnums=(0, 1, 2, 3))
+  with jax.sharding.use_abstract_mesh(mesh):
+    text = jax.jit(grads).trace(q, kv, kv, c).lower(lowering_platforms=("cuda",)).as_text()
+  assert text.count("mosaic_gpu") >= 3   # forward, dq/dc and dk/dv kernels
+  assert "triton" not in text
+
+
 def test_unsupported_calls_reach_triton():
   rng = np.random.default_rng(0)
   q, k, v = (rng.standard_normal((1, 24, 2, 64)).astype(np.float32) for _ in range(3))
@@ -46,9 +66,12 @@ def test_unsupported_calls_reach_triton():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_HOPPER, reason="needs an H100/H200")
-@pytest.mark.parametrize("shape,causal", [((2, 256, 4, 2, 128), True), ((1, 384, 2, 2, 64), False),
-                                          ((1, 512, 2, 1, 128), False), ((1, 256, 2, 2, 64), True)])
-def test_hopper_forward_and_gradients(shape, causal):
+@pytest.mark.parametrize("shape,causal,tiles", [
+    ((2, 256, 4, 2, 128), True, None), ((1, 384, 2, 2, 64), False, None),
+    ((1, 512, 2, 1, 128), False, None), ((1, 256, 2, 2, 64), True, None),
+    ((1, 512, 4, 1, 128), True, mosaic_gpu.Tiles(128, 2, 128, 2, 128, 2)),
+    ((1, 384, 3, 3, 64), True, mosaic_gpu.Tiles(64, 3, 64, 3, 64, 3))])
+def test_hopper_forward_and_gradients(shape, causal, tiles):
   B, T, N, K, H = shape
   assert mosaic_gpu.unsupported_reason(jnp.zeros((B, T, N, H), jnp.bfloat16),
                                        jnp.zeros((B, T, K, H)), None, None, None, None,
@@ -61,7 +84,7 @@ def test_hopper_forward_and_gradients(shape, causal):
   scale = 1 / np.sqrt(H)
   bf = lambda x: jnp.asarray(x, jnp.bfloat16)
   attend = lambda q, k, v, c: mosaic_gpu.flash_attention(
-      q, k, v, c, None, None, None, None, scale=scale, causal=causal, window=None)
+      q, k, v, c, None, None, None, None, scale=scale, causal=causal, window=None, tiles=tiles)
   out = np.asarray(jax.jit(attend)(bf(q), bf(k), bf(v), c).astype(jnp.float32))
   ref, _ = attention_np(q, k, v, c, scale=scale, causal=causal)
   assert np.abs(out - ref).max() <= BF16_FWD_TOL * np.abs(ref).max()
