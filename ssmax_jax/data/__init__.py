@@ -12,6 +12,7 @@ from ssmax_jax.data.retrieval import needle_example
 from ssmax_jax.data.sources import TokenCorpus
 from ssmax_jax.data.sources import load_corpus
 from ssmax_jax.data.sources import prepare_text_files
+from ssmax_jax.data.sources import prepare_text_files_cached
 from ssmax_jax.data.sources import read_token_file
 from ssmax_jax.data.sources import shakespeare_corpus
 from ssmax_jax.data.tokenizers import Tokenizer

@@ -281,3 +281,46 @@ def prepare_text_files(pattern: str, tokenizer_name: str, out_dir: str, val_frac
   with open(os.path.join(out_dir, INDEX_FILE), 'w') as f:
     json.dump(index, f)
   return index
+
+
+def text_files_fingerprint(pattern: str) -> dict:
+  """{'num_files', 'num_bytes', 'fingerprint'} of the files `pattern` matches (recursive glob):
+  a hash of their sorted paths, sizes and modification times, to tell a changed corpus."""
+  import hashlib
+  h = hashlib.sha256()
+  num_files = num_bytes = 0
+  for path in sorted(globlib.glob(pattern, recursive=True)):
+    if not os.path.isfile(path):
+      continue
+    st = os.stat(path)
+    h.update(f'{path}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode('utf-8', 'surrogateescape'))
+    num_files, num_bytes = num_files + 1, num_bytes + st.st_size
+  return {'num_files': num_files, 'num_bytes': num_bytes, 'fingerprint': h.hexdigest()[:16]}
+
+
+def prepare_text_files_cached(pattern: str, tokenizer_name: str, out_dir: str,
+                              val_fraction: float = 0.0, num_workers: int = 0,
+                              seed: int = 0) -> tuple[dict, bool]:
+  """`prepare_text_files` unless out_dir already holds the same preparation (same glob,
+  tokenizer, val_fraction, seed and files: `text_files_fingerprint`). Returns (index, reused);
+  the index also records those settings and the fingerprint."""
+  want = {'glob': pattern, 'tokenizer': tokenizer_name, 'val_fraction': float(val_fraction),
+          'seed': int(seed), **text_files_fingerprint(pattern)}
+  if not want['num_files']:
+    raise ValueError(f'glob {pattern!r} matches no files.')
+  index_path = os.path.join(out_dir, INDEX_FILE)
+  try:
+    with open(index_path) as f:
+      index = json.load(f)
+    if all(index.get(k) == v for k, v in want.items()):
+      return index, True
+  except (OSError, ValueError):
+    pass
+  if os.path.exists(index_path):
+    os.remove(index_path)  # an interrupted preparation must not look finished
+  index = prepare_text_files(pattern, tokenizer_name, out_dir, val_fraction=val_fraction,
+                             num_workers=num_workers, seed=seed)
+  index.update(want)
+  with open(index_path, 'w') as f:
+    json.dump(index, f)
+  return index, False
