@@ -1,5 +1,6 @@
 """Training metrics: a tqdm progress bar, metrics.jsonl (one record per logged step) and
-TensorBoard (tensorboardX). Only process 0 writes."""
+TensorBoard (tensorboardX); without the bar (train.progress_bar=False), one printed line per logged
+step. Only process 0 writes."""
 import json
 import os
 
@@ -51,15 +52,17 @@ class MetricsWriter:
             self.tb.add_scalar(f"{key}/layer{layer}/head{head}", x, step)
       elif isinstance(value, (int, float)) and key != "step":
         self.tb.add_scalar(key, value, step)
+    postfix = {"loss": f"{record['loss']:.4f}"}
+    if record.get("tokens_per_s"):
+      postfix["tok/s"] = f"{record['tokens_per_s']:,.0f}"
+    if record.get("mfu") is not None:
+      postfix["MFU"] = f"{record['mfu']:.3f}"
     if self.bar is not None:
       self.bar.n = step
-      postfix = {"loss": f"{record['loss']:.4f}"}
-      if record.get("tokens_per_s"):
-        postfix["tok/s"] = f"{record['tokens_per_s']:,.0f}"
-      if record.get("mfu") is not None:
-        postfix["MFU"] = f"{record['mfu']:.3f}"
       self.bar.set_postfix(postfix, refresh=False)
       self.bar.refresh()
+    else:  # no bar (logs, non-interactive runs): one line per logged step
+      print(f"step {step}: " + " ".join(f"{k} {v}" for k, v in postfix.items()), flush=True)
 
   def message(self, text: str):
     if not self.enabled:
