@@ -8,5 +8,5 @@
 
 Command lines: experiments/eval_*.py and experiments/report.py (docs/evaluations.md).
 """
-from ssmax_jax.evals import (attention, common, learned_s, loss_by_position, needle, report,
-                             runner)
+from ssmax_jax.evals import (attention, common, learned_s, loss_by_position, needle, recipe, report,
+                             results, runner)

@@ -1,0 +1,96 @@
+"""Presets of the one-command reproduction (issue 6): a training config plus `recipe` settings.
+
+  python -m experiments.reproduce --preset=h200_small --variant=ssmax --out=DIR \
+      [--config.recipe.tokens=5e8] [--config.train.batch_size=128] [--config.model.d_model=256]
+
+`--preset=NAME` loads `get_config(NAME)`; any key below can be overridden with `--config.KEY=VALUE`
+(the training keys are those of ssmax_jax/train/config.py, `recipe` is read by
+ssmax_jax/evals/recipe.py and removed before training). train.num_steps is not set here: it is
+derived from recipe.tokens / (train.batch_size x train.seq_len).
+
+Presets:
+- cpu_tiny: byte-level Shakespeare, a 2-layer model, a few steps and small evaluation grids;
+  well under a minute on a 2-core CPU (the CPU test).
+- h200_small: the issue's scale on one H200 in one 10-minute call: a 34M-parameter model (GPT-2
+  BPE, vocabulary padded to 50,304), sequence 1,024, 0.5B tokens, on the Python sources of the
+  machine's site-packages. Batch and model size are starting values to calibrate on the GPU.
+- paper_162m: the paper's model and optimizer (Tables 1, 2) on the same corpus; for multi-GPU
+  hosts and clusters (docs/reproduce.md), not one device call.
+"""
+import ml_collections
+
+from ssmax_jax.train import default_config
+
+PRESETS = ("cpu_tiny", "h200_small", "paper_162m")
+
+
+def _recipe(**eval_overrides):
+  r = ml_collections.ConfigDict()
+  # 'shakespeare' (embedded plays), 'site_packages' (every *.py under
+  # sysconfig.get_paths()['purelib']), or a recursive glob of text files.
+  r.corpus = "site_packages"
+  r.val_fraction = 0.01  # files held out for the evaluations (seeded, by file)
+  r.prep_workers = 0  # 0: os.cpu_count()
+  r.tokens = 5e8  # training tokens (positions) per variant: num_steps = tokens / (batch x seq)
+  # (e) softmax_then_ssmax: continued training of the finished softmax model with SSMax (fresh
+  # AdamW, same lr, 10% warm-up), for this fraction of `tokens`.
+  r.continue_fraction = 0.05
+  r.switch_fraction = 0.1  # (f) ssmax_final10: SSMax for this final fraction of the steps
+  e = ml_collections.ConfigDict()
+  e.multiples = (1.0, 2.0, 5.0, 10.0, 20.0)  # loss by position, x l_train
+  e.theta_scales = (1.0, 50.0)  # RoPE theta multiples (the paper raises it 50x)
+  e.num_sequences = 8
+  e.batch_size = 1
+  e.needle_multiples = (1.0, 2.0, 5.0, 10.0, 20.0)
+  e.needle_depths = tuple(round(d / 10, 1) for d in range(11))
+  e.needle_trials = 20
+  e.needle_theta_scales = (50.0,)
+  # teacher_forcing: one forward per prompt; the same exact match as greedy decoding (tested in
+  # tests/test_evals.py), without compiling a decode loop per length and model.
+  e.needle_method = "teacher_forcing"
+  e.needle_batch_size = 8
+  e.attention_multiple = 8.0  # the paper: 8,000 tokens at l_train 1,024
+  e.attention_trials = 100
+  e.attention_batch_size = 4
+  e.update(eval_overrides)
+  r.eval = e
+  return r
+
+
+def get_config(preset="h200_small"):
+  if preset not in PRESETS:
+    raise ValueError(f"--preset={preset!r} is unknown; choose one of {', '.join(PRESETS)}.")
+  c = default_config()
+  c.checkpoint.update(every_steps=1_000_000, keep=1)  # one checkpoint, at the last step
+  if preset == "cpu_tiny":
+    c.model.update(vocab_size=257, d_model=32, num_layers=2, num_heads=2, d_ff=64,
+                   attention="softmax", dtype="float32", implementation="xla")
+    c.data.update(source="shakespeare", tokenizer="byte")
+    c.train.update(batch_size=8, seq_len=64, log_every=10, progress_bar=False)
+    c.optimizer.update(lr=3e-3, warmup_steps=3)
+    c.checkpoint.async_save = False
+    c.recipe = _recipe(multiples=(1.0, 5.0, 20.0), num_sequences=1, batch_size=1,
+                       needle_multiples=(5.0, 10.0), needle_depths=(0.0, 0.5, 1.0),
+                       needle_trials=2, needle_batch_size=2, attention_multiple=5.0,
+                       attention_trials=2, attention_batch_size=2)
+    c.recipe.update(corpus="shakespeare", tokens=30 * 8 * 64, continue_fraction=0.2)
+  elif preset == "h200_small":
+    c.model.update(vocab_size=50257, d_model=256, num_layers=8, num_heads=4, d_ff=1024,
+                   attention="softmax", dtype="bfloat16", param_dtype="float32",
+                   vocab_pad_multiple=64)
+    c.data.update(tokenizer="gpt2", packing=False, worker_count=4)
+    c.train.update(batch_size=128, seq_len=1024, grad_accum_steps=1, log_every=100,
+                   progress_bar=False, loss_chunk_tokens=8192)
+    c.optimizer.update(lr=6e-4, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0,
+                       schedule="constant", warmup_steps=200)
+    c.recipe = _recipe()
+  else:  # paper_162m
+    from configs import paper_162m
+    c = paper_162m.get_config()
+    c.model.attention = "softmax"
+    c.train.update(log_every=20, progress_bar=False)
+    c.checkpoint.update(every_steps=1000, keep=2)
+    c.recipe = _recipe(num_sequences=16)
+    c.recipe.tokens = 100_000 * 2048 * 1024  # the config's 100k steps of 2,048 x 1,024 tokens
+  c.recipe.preset = preset
+  return c

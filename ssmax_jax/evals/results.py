@@ -1,0 +1,468 @@
+"""The results page of the reproduction (issue 6): summaries of finished variants -> tables and a
+verdict per paper claim (../shared/ANCHORS.md), written to docs/results.md.
+
+  model_metrics(docs)                 the numbers the page uses, from one call's evaluation JSON
+  gather(dirs)                        [(dir, summary)] of experiments.reproduce outputs
+  rows(found, min_tokens, min_seq_len)  one row per variant (the eight, run or not)
+  claims(rows)                        a verdict per claim: reproduced / partly / not / not run
+  render(found, out_path, ...)        the markdown page
+
+The verdicts follow fixed rules written here (thresholds below), decided before any result was
+seen: they are never tuned to a run. A variant short of the issue's scale (min_tokens,
+min_seq_len) counts as not run.
+"""
+import datetime
+import json
+import os
+
+import numpy as np
+
+# The eight variants, in the paper's order, with what each is.
+VARIANTS = {
+    "softmax": "(a) softmax",
+    "ssmax": "(b) SSMax, learned s",
+    "ssmax_fixed": "(c) SSMax, s fixed",
+    "ssmax_bias": "(d) SSMax + learned bias",
+    "softmax_then_ssmax": "(e) softmax, switched to SSMax after pretraining",
+    "ssmax_final10": "(f) switched to SSMax for the final 10% of pretraining",
+    "qwen_logn": "Qwen log-n at inference, on (a)",
+    "llama4_temperature": "Llama 4 temperature at inference, on (a)",
+}
+# The call that produces each variant (experiments.reproduce --variant=...).
+CALL = {"softmax_then_ssmax": "softmax", "qwen_logn": "softmax", "llama4_temperature": "softmax"}
+SUMMARY_FORMAT = "ssmax_jax.reproduce.v1"
+SUMMARY_FILE = "summary.json"
+MIN_TOKENS = 5e8  # the issue's scale: at least 0.5B training tokens ...
+MIN_SEQ_LEN = 512  # ... at sequence >= 512
+
+# Verdict rules (fixed).
+LONG_THETA = "50"  # long-context loss and needle are read at RoPE theta x50, the paper's setting
+FLAT = 0.05  # loss at the longest context within +5% of the loss at 1x: flat; above: degrades
+NEEDLE_MULTIPLE = 10.0  # "about 10x the training length"
+RETRIEVES = 0.5  # mean needle accuracy over depths >= 0.5: retrieves
+FAILS = 0.1  # < 0.1: fails
+CLEAR = 0.1  # an accuracy difference counts from 0.1 (0.05 is ~1 trial in 20 per cell)
+
+
+def key(x) -> str:
+  """The JSON key of a multiple or theta scale: 1 -> '1', 2.5 -> '2.5'."""
+  return f"{float(x):g}"
+
+
+# --- Metrics of one call --------------------------------------------------------------------------
+
+def model_metrics(docs: dict) -> dict:
+  """{label: {'loss': {theta: {multiple: mean loss}}, 'needle': {theta: {multiple: mean accuracy
+  over depths}}, 'attention': {...}, 'learned_s': {...}}} from the four evaluation documents of
+  one call (kind -> the runner's returned doc)."""
+  out = {}
+  lbp = docs.get("loss_by_position")
+  if lbp:
+    for entry in lbp["results"]:
+      m = out.setdefault(entry["label"], {})
+      for c in entry["curves"]:
+        m.setdefault("loss", {}).setdefault(key(c["theta_scale"]), {})[key(c["multiple"])] = (
+            float(c["mean_loss"]))
+  nd = docs.get("needle")
+  if nd:
+    l_train = {m["label"]: m["l_train"] for m in nd["models"]}
+    for entry in nd["results"]:
+      m = out.setdefault(entry["label"], {})
+      for g in entry["grids"]:
+        acc = np.asarray(g["accuracy"], np.float64)  # [length, depth]
+        m.setdefault("needle", {})[key(g["theta_scale"])] = {
+            key(t / l_train[entry["label"]]): float(a) for t, a in zip(g["context_lengths"],
+                                                                       acc.mean(axis=1))}
+  at = docs.get("attention")
+  if at:
+    for entry in at["results"]:
+      r = entry["result"]
+      top = r["top_heads"][0]
+      out.setdefault(entry["label"], {})["attention"] = dict(
+          context_length=r["context_length"], theta_scale=r.get("theta_scale"),
+          trials=r["trials"], top_head=dict(layer=top["layer"], head=top["head"],
+                                            mean=float(top["mean"])),
+          mean_over_heads=float(np.mean(r["mean"])))
+  ls = docs.get("learned_s")
+  if ls:
+    for entry in ls["results"]:
+      r = entry["result"]
+      d = dict(variant=r["variant"], s_init=r["s_init"], fixed_s=r["fixed_s"])
+      for name in ("s", "b"):
+        if r[name] is not None:
+          arr = np.asarray(r[name], np.float64)
+          d[f"{name}_mean"] = float(arr.mean())
+          d[f"{name}_mean_per_layer"] = arr.mean(axis=1).tolist()
+      out.setdefault(entry["label"], {})["learned_s"] = d
+  return out
+
+
+# --- Gathering ------------------------------------------------------------------------------------
+
+def read_summary(directory: str) -> dict:
+  path = os.path.join(directory, SUMMARY_FILE)
+  if not os.path.isfile(path):
+    raise ValueError(f"--results: {path} does not exist; pass the --out directories of finished "
+                     "`python -m experiments.reproduce` runs.")
+  try:
+    with open(path) as f:
+      doc = json.load(f)
+  except ValueError as e:
+    raise ValueError(f"--results: {path} is not valid JSON ({e}); run that variant again.") from None
+  if not isinstance(doc, dict) or doc.get("format") != SUMMARY_FORMAT:
+    raise ValueError(f"--results: {path} is not a reproduce summary (format {SUMMARY_FORMAT}).")
+  return doc
+
+
+def gather(dirs) -> list[tuple[str, dict]]:
+  """[(dir, summary)] of each directory; an empty list gives the page with nothing run."""
+  found = [(d, read_summary(d)) for d in dirs if d]
+  presets = sorted({s["preset"] for _, s in found})
+  if len(presets) > 1:
+    raise ValueError(f"--results mix presets {presets}: the claims compare variants at one scale; "
+                     "report one preset at a time.")
+  seen = {}
+  for d, s in found:
+    for label in s["models"]:
+      if label in seen:
+        raise ValueError(f"--results: variant {label!r} is in both {seen[label]} and {d}; pass "
+                         "one of them.")
+      seen[label] = d
+  return found
+
+
+def rows(found, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_LEN) -> dict:
+  """{variant: row} for the eight variants: row None when not run, else the summary's model
+  entry plus `dir`, `summary`, `at_scale` (tokens and sequence length at the issue's scale)."""
+  out = {v: None for v in VARIANTS}
+  for d, s in found:
+    for label, m in s["models"].items():
+      at_scale = m["tokens"] >= min_tokens and m["seq_len"] >= min_seq_len
+      out[label] = dict(m, dir=d, summary=s, at_scale=at_scale)
+  return out
+
+
+# --- Claims ---------------------------------------------------------------------------------------
+
+def _loss(row, theta, multiple):
+  return row["metrics"].get("loss", {}).get(theta, {}).get(key(multiple))
+
+
+def _longest_common(rws, theta):
+  sets = [set(r["metrics"].get("loss", {}).get(theta, {})) for r in rws]
+  common = set.intersection(*sets) if sets else set()
+  return max((float(m) for m in common), default=None)
+
+
+def _rise(row, theta, multiple):
+  """Relative change of the mean loss from 1x to `multiple`x."""
+  lo, hi = _loss(row, theta, 1), _loss(row, theta, multiple)
+  return None if lo is None or hi is None else hi / lo - 1.0
+
+
+def _needle_multiple(rws, theta=LONG_THETA):
+  """NEEDLE_MULTIPLE if every row has it, else the common multiple closest to it."""
+  sets = [set(r["metrics"].get("needle", {}).get(theta, {})) for r in rws]
+  common = set.intersection(*sets) if sets else set()
+  if not common:
+    return None
+  return min((float(m) for m in common), key=lambda m: (abs(m - NEEDLE_MULTIPLE), m))
+
+
+def _acc(row, multiple, theta=LONG_THETA):
+  return row["metrics"].get("needle", {}).get(theta, {}).get(key(multiple))
+
+
+def _verdict(hits: int, total: int) -> str:
+  return "reproduced" if hits == total else "partly" if hits else "not"
+
+
+def _need(rws, names):
+  """The rows of `names`, or the reason the claim is not run."""
+  missing = [n for n in names if rws.get(n) is None]
+  below = [n for n in names if rws.get(n) is not None and not rws[n]["at_scale"]]
+  if missing or below:
+    why = []
+    if missing:
+      why.append("not run: " + ", ".join(missing))
+    if below:
+      why.append("below the issue's scale: " + ", ".join(below))
+    return None, "; ".join(why)
+  return [rws[n] for n in names], ""
+
+
+def _claim_training_loss(rws):
+  got, why = _need(rws, ["softmax", "ssmax", "ssmax_fixed", "ssmax_bias"])
+  if got is None:
+    return "not run", why
+  a, b, c, d = (r["final_train_loss"] for r in got)
+  lower = [x < a for x in (b, c, d)]
+  d_lowest = d < min(b, c)
+  verdict = ("reproduced" if all(lower) and d_lowest else "partly" if any(lower) else "not")
+  return verdict, (f"final training loss (mean over the last 10% of steps): (a) {a:.4f}, "
+                   f"(b) {b:.4f} ({b - a:+.4f}), (c) {c:.4f} ({c - a:+.4f}), (d) {d:.4f} "
+                   f"({d - a:+.4f}); {sum(lower)}/3 below (a), (d) lowest: "
+                   f"{'yes' if d_lowest else 'no'}")
+
+
+def _claim_flat_loss(rws):
+  got, why = _need(rws, ["softmax", "ssmax"])
+  if got is None:
+    return "not run", why
+  a, b = got
+  m = _longest_common(got, LONG_THETA)
+  ra, rb = (_rise(r, LONG_THETA, m) for r in got) if m else (None, None)
+  if ra is None or rb is None:
+    return "not run", f"no loss by position at RoPE θ×{LONG_THETA} at 1x and beyond in both runs"
+  flat_b, degrades_a = rb <= FLAT, ra > FLAT
+  verdict = ("reproduced" if flat_b and degrades_a else "partly" if rb < ra else "not")
+  extra = ""
+  m1 = _longest_common(got, "1")
+  if m1:
+    r1a, r1b = _rise(a, "1", m1), _rise(b, "1", m1)
+    if r1a is not None and r1b is not None:
+      extra = f"; at θ×1: (a) {r1a:+.1%}, (b) {r1b:+.1%} at {m1:g}x"
+  return verdict, (f"mean test loss at {m:g}x vs 1x the training length, RoPE θ×{LONG_THETA}: "
+                   f"(a) {_loss(a, LONG_THETA, 1):.3f} -> {_loss(a, LONG_THETA, m):.3f} "
+                   f"({ra:+.1%}), (b) {_loss(b, LONG_THETA, 1):.3f} -> "
+                   f"{_loss(b, LONG_THETA, m):.3f} ({rb:+.1%}); flat = within +{FLAT:.0%}"
+                   + extra)
+
+
+def _claim_needle(rws):
+  got, why = _need(rws, ["softmax", "ssmax"])
+  if got is None:
+    return "not run", why
+  m = _needle_multiple(got)
+  if m is None:
+    return "not run", f"no needle grid at RoPE θ×{LONG_THETA} in both runs"
+  a, b = (_acc(r, m) for r in got)
+  verdict = ("reproduced" if b >= RETRIEVES and a < FAILS
+             else "partly" if b - a >= CLEAR else "not")
+  return verdict, (f"needle accuracy (mean over depths) at {m:g}x, RoPE θ×{LONG_THETA}: (a) "
+                   f"{a:.2f}, (b) {b:.2f}; retrieves = >= {RETRIEVES}, fails = < {FAILS}")
+
+
+def _claim_bias(rws):
+  got, why = _need(rws, ["ssmax", "ssmax_bias"])
+  if got is None:
+    return "not run", why
+  b, d = got
+  faster = d["final_train_loss"] < b["final_train_loss"]
+  m = _longest_common(got, LONG_THETA)
+  rb, rd = (_rise(b, LONG_THETA, m), _rise(d, LONG_THETA, m)) if m else (None, None)
+  if rb is None or rd is None:
+    return "not run", f"no loss by position at RoPE θ×{LONG_THETA} in both runs"
+  worse = rd > rb
+  text = (f"final training loss (b) {b['final_train_loss']:.4f}, (d) {d['final_train_loss']:.4f} "
+          f"(faster: {'yes' if faster else 'no'}); loss rise 1x -> {m:g}x at θ×{LONG_THETA}: "
+          f"(b) {rb:+.1%}, (d) {rd:+.1%} (generalises worse: {'yes' if worse else 'no'})")
+  nm = _needle_multiple(got)
+  if nm is not None:
+    text += f"; needle at {nm:g}x: (b) {_acc(b, nm):.2f}, (d) {_acc(d, nm):.2f}"
+  return _verdict(faster + worse, 2), text
+
+
+def _claim_switch_after(rws):
+  got, why = _need(rws, ["softmax", "softmax_then_ssmax"])
+  if got is None:
+    return "not run", why
+  a, e = got
+  la, le = _loss(a, "1", 1), _loss(e, "1", 1)
+  if la is None or le is None:
+    return "not run", "no loss at 1x with the model's own RoPE θ in both"
+  hurts = [le > la]
+  text = f"test loss at 1x, own θ: (a) {la:.4f}, (e) {le:.4f}"
+  sets = [set(r["metrics"].get("needle", {}).get(LONG_THETA, {})) for r in got]
+  common = set.intersection(*sets)
+  if common:
+    m = min(float(x) for x in common)
+    aa, ae = _acc(a, m), _acc(e, m)
+    hurts.append(aa - ae >= CLEAR)
+    text += f"; needle at {m:g}x (shortest), θ×{LONG_THETA}: (a) {aa:.2f}, (e) {ae:.2f}"
+  return _verdict(sum(hurts), len(hurts)), text + f" ({sum(hurts)}/{len(hurts)} worse)"
+
+
+def _claim_switch_during(rws):
+  got, why = _need(rws, ["softmax", "ssmax", "ssmax_final10"])
+  if got is None:
+    return "not run", why
+  a, b, f = got
+  measures = []
+  m = _longest_common(got, LONG_THETA)
+  if m:
+    vals = [_rise(r, LONG_THETA, m) for r in got]
+    if None not in vals:
+      measures.append((f"loss rise 1x -> {m:g}x at θ×{LONG_THETA}", vals, "{:+.1%}"))
+  nm = _needle_multiple(got)
+  if nm is not None:
+    measures.append((f"needle at {nm:g}x", [_acc(r, nm) for r in got], "{:.2f}"))
+  if not measures:
+    return "not run", "no long-context measures in all three runs"
+  closer, informative, parts = 0, 0, []
+  for name, (va, vb, vf), fmt in measures:
+    parts.append(f"{name}: (a) {fmt.format(va)}, (b) {fmt.format(vb)}, (f) {fmt.format(vf)}")
+    if abs(va - vb) > 1e-9:
+      informative += 1
+      closer += abs(vf - vb) < abs(vf - va)
+  text = "; ".join(parts) + f"; (f) closer to (b) than to (a) on {closer}/{informative} measures"
+  if not informative:
+    return "not", text + " ((a) and (b) do not differ)"
+  equal = all(abs(vf - vb) <= 1e-9 for _, (va, vb, vf), _ in measures)
+  return ("not" if equal else _verdict(closer, informative)), text
+
+
+CLAIMS = (
+    ("All SSMax variants reach lower training loss than softmax ((d) lowest; about 0.008 for (b)).",
+     _claim_training_loss),
+    ("(b) keeps test loss flat far beyond the training length where (a) degrades.",
+     _claim_flat_loss),
+    ("(b) retrieves the needle at about 10x the training length where (a) fails beyond short "
+     "contexts.", _claim_needle),
+    ("The bias (d) trains faster but generalises worse.", _claim_bias),
+    ("(e) hurts short contexts.", _claim_switch_after),
+    ("(f) is close to (b) but not equal.", _claim_switch_during),
+)
+
+
+def claims(rws) -> list[dict]:
+  """[{'claim', 'verdict', 'numbers'}] for each claim of the paper, from `rows`."""
+  return [dict(claim=text, verdict=v, numbers=n) for text, fn in CLAIMS for v, n in [fn(rws)]]
+
+
+# --- The page -------------------------------------------------------------------------------------
+
+def command_for(variant: str, preset: str = "h200_small") -> str:
+  call = CALL.get(variant, variant)
+  return (f"python -m experiments.reproduce --preset={preset} --variant={call} "
+          f"--out=docs/results/{preset}/{call}")
+
+
+def _fmt(x, spec):
+  return "—" if x is None else format(x, spec)
+
+
+def render(found, out_path: str, *, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_LEN,
+           command: str = "") -> str:
+  """Writes the results page (markdown) to out_path and returns it."""
+  rws = rows(found, min_tokens, min_seq_len)
+  out_dir = os.path.dirname(os.path.abspath(out_path))
+  preset = found[0][1]["preset"] if found else "h200_small"
+  multiples = sorted({float(m) for r in rws.values() if r for t in r["metrics"].get("loss", {})
+                      .values() for m in t}) or [1.0, 2.0, 5.0, 10.0, 20.0]
+  thetas = sorted({t for r in rws.values() if r for t in r["metrics"].get("loss", {})},
+                  key=float) or ["1", "50"]
+  needle_ms = sorted({float(m) for r in rws.values() if r for t in r["metrics"].get("needle", {})
+                      .values() for m in t}) or [1.0, 2.0, 5.0, 10.0, 20.0]
+  lines = ["# Results: reproducing the paper's claims", "",
+           f"Generated {datetime.date.today().isoformat()} by `{command or 'python -m experiments.reproduce_report'}`"
+           f" from {len(found)} result director{'y' if len(found) == 1 else 'ies'}. "
+           "How to run and what each variant is: [reproduce.md](reproduce.md).", "",
+           f"The issue's scale: at least {min_tokens:.3g} training tokens at sequence >= "
+           f"{min_seq_len} per variant; a variant below it counts as not run in the claims.", ""]
+
+  lines += ["## Variants", "",
+            "| variant | status | preset | tokens | seq len | params | steps | train s | "
+            "tokens/s | final train loss | call wall s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for v, name in VARIANTS.items():
+    r = rws[v]
+    if r is None:
+      lines.append(f"| {name} | not run | | | | | | | | | |")
+      continue
+    s = r["summary"]
+    status = ("run" if r["at_scale"] else "below scale") + (
+        f" ({r['kind']}" + (f" from {r['init_from']})" if r.get("init_from") else ")"))
+    lines.append(
+        f"| {name} | {status} | {s['preset']} | {r['tokens']:,} | {r['seq_len']} | "
+        f"{r['params']:,} | {r['steps']} | {_fmt(r.get('wall_s'), '.0f')} | "
+        f"{_fmt(r.get('tokens_per_s'), ',.0f')} | {_fmt(r.get('final_train_loss'), '.4f')} | "
+        f"{_fmt(s['wall_s'].get('total'), '.0f')} |")
+  lines.append("")
+
+  lines += ["## Test loss by position", "",
+            "Mean next-token loss over windows of the held-out split, by context length "
+            "(multiples of the training length) and RoPE θ (×1: the model's; ×50: raised, no "
+            "retraining).", "",
+            "| variant | " + " | ".join(f"θ×{t} {m:g}x" for t in thetas for m in multiples) + " |",
+            "|---|" + "---|" * (len(thetas) * len(multiples))]
+  for v, name in VARIANTS.items():
+    r = rws[v]
+    cells = [_fmt(_loss(r, t, m), ".3f") if r else "not run" for t in thetas for m in multiples]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines.append("")
+
+  lines += ["## Needle in a haystack", "",
+            f"Exact-match accuracy of the 7-digit needle, mean over depths, RoPE θ×{LONG_THETA}, "
+            "by context length.", "",
+            "| variant | " + " | ".join(f"{m:g}x" for m in needle_ms) + " | trials per cell |",
+            "|---|" + "---|" * (len(needle_ms) + 1)]
+  for v, name in VARIANTS.items():
+    r = rws[v]
+    if r is None:
+      lines.append(f"| {name} | " + " | ".join("not run" for _ in needle_ms) + " | |")
+      continue
+    trials = r["summary"]["recipe"]["eval"]["needle_trials"]
+    lines.append(f"| {name} | " + " | ".join(_fmt(_acc(r, m), ".2f") for m in needle_ms)
+                 + f" | {trials} |")
+  lines.append("")
+
+  lines += ["## Attention to the needle and learned s", "",
+            "| variant | context | top head (layer, head): mean attention to the needle | "
+            "mean over heads | mean s | mean b |", "|---|---|---|---|---|---|"]
+  for v, name in VARIANTS.items():
+    r = rws[v]
+    if r is None:
+      lines.append(f"| {name} | not run | | | | |")
+      continue
+    at, ls = r["metrics"].get("attention", {}), r["metrics"].get("learned_s", {})
+    top = at.get("top_head")
+    lines.append(f"| {name} | {at.get('context_length', '—')} | "
+                 + (f"L{top['layer']} H{top['head']}: {top['mean']:.3f}" if top else "—")
+                 + f" | {_fmt(at.get('mean_over_heads'), '.4f')} | "
+                 f"{_fmt(ls.get('s_mean'), '.4f')} | {_fmt(ls.get('b_mean'), '.4f')} |")
+  lines.append("")
+
+  lines += ["## The paper's claims", "",
+            f"Rules (fixed in `ssmax_jax/evals/results.py`, never tuned to a run): long-context "
+            f"loss and needle at RoPE θ×{LONG_THETA}; flat = the loss at the longest context "
+            f"within +{FLAT:.0%} of the loss at 1x; retrieves = mean accuracy >= {RETRIEVES}, "
+            f"fails = < {FAILS}; accuracy differences count from {CLEAR}.", ""]
+  for c in claims(rws):
+    lines.append(f"- **{c['verdict']}** — {c['claim']} {c['numbers']}.")
+  lines.append("")
+
+  lines += ["## Figures", ""]
+  if not found:
+    lines += ["None yet.", ""]
+  for d, s in found:
+    rel = os.path.relpath(os.path.abspath(d), out_dir)
+    lines.append(f"- `{s['variant']}` ({', '.join(s['models'])}): "
+                 + ", ".join(f"[{f}]({rel}/{f})" for f in s["files"] if f.endswith(".png")))
+  lines.append("")
+
+  lines += ["## Commands, versions, devices", ""]
+  done = {s["variant"] for _, s in found}
+  for d, s in found:
+    dev = s["device"]
+    vers = ", ".join(f"{k} {v}" for k, v in s["versions"].items() if v)
+    lines += [f"### `{s['variant']}`", "", "```", s["command"], "```", "",
+              f"- device: {dev['count']} x {dev['kind']} ({dev['platform']}); created "
+              f"{s['created']}", f"- versions: {vers}",
+              f"- corpus: {s['corpus']['name']} ({s['corpus'].get('train_tokens', 0):,} train / "
+              f"{s['corpus'].get('validation_tokens', 0):,} validation tokens, tokenizer "
+              f"{s['corpus']['tokenizer']})",
+              "- wall time (s): " + ", ".join(f"{k} {v}" for k, v in s["wall_s"].items()),
+              f"- summary: [{os.path.join(os.path.relpath(os.path.abspath(d), out_dir), SUMMARY_FILE)}]"
+              f"({os.path.join(os.path.relpath(os.path.abspath(d), out_dir), SUMMARY_FILE)})", ""]
+  missing = [v for v in VARIANTS if v not in CALL and v not in done]
+  if missing:
+    lines += ["Not run yet (each is one device call; `softmax` also gives (e), qwen_logn and "
+              "llama4_temperature):", "", "```"]
+    lines += [command_for(v, preset) for v in missing]
+    lines += ["```", ""]
+  text = "\n".join(lines)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(out_path, "w") as f:
+    f.write(text)
+  return text

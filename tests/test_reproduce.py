@@ -1,0 +1,275 @@
+"""The one-command reproduction (experiments.reproduce, ssmax_jax.evals.recipe/results): the claims
+logic on synthetic summaries, the corpus cache, the plan and its refusals (fast); one cpu_tiny
+variant end to end through the command lines (slow)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import reproduce as presets
+from ssmax_jax import data
+from ssmax_jax.evals import recipe, results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MULTIPLES = (1, 2, 5, 10, 20)
+
+
+def _model(label, *, loss, rise50, needle10, kind="trained", tokens=int(5e8), seq_len=1024,
+           needle1=0.9):
+  """A summary model entry: mean loss `loss` at 1x rising linearly to (1 + rise50) x at 20x
+  (theta x50), needle accuracy needle1 at 1x and needle10 from 10x on."""
+  curve50 = {results.key(m): loss * (1 + rise50 * (m - 1) / 19) for m in MULTIPLES}
+  curve1 = {results.key(m): loss * (1 + 0.5 * (m - 1) / 19) for m in MULTIPLES}
+  acc = {results.key(m): needle1 if m < 10 else needle10 for m in MULTIPLES}
+  return dict(kind=kind, attention=label, init_from=None, workdir="/w/" + label, steps=3815,
+              tokens=tokens, batch_size=128, seq_len=seq_len, params=34_000_000,
+              final_train_loss=loss, tokens_per_s=1.5e6, wall_s=330.0, spec=label,
+              metrics=dict(loss={"1": curve1, "50": curve50}, needle={"50": acc},
+                           attention=dict(context_length=8192, top_head=dict(layer=1, head=2,
+                                                                             mean=0.4),
+                                          mean_over_heads=0.01),
+                           learned_s=dict(variant=label, s_mean=0.2)))
+
+
+def _summary(variant, models, preset="h200_small"):
+  return dict(format=results.SUMMARY_FORMAT, variant=variant, preset=preset,
+              command=f"python -m experiments.reproduce --preset={preset} --variant={variant}",
+              created="2026-11-29T00:00:00+00:00",
+              device=dict(platform="gpu", kind="NVIDIA H200", count=1),
+              versions=dict(jax="0.11.2"), corpus=dict(name="site_packages", tokenizer="gpt2",
+                                                      train_tokens=1, validation_tokens=1),
+              recipe=dict(eval=dict(needle_trials=20)), models=models,
+              files=list(recipe.OUTPUT_FILES), wall_s=dict(total=500.0))
+
+
+def _write(tmp_path, name, summary):
+  d = tmp_path / name
+  d.mkdir()
+  (d / "summary.json").write_text(json.dumps(summary))
+  return str(d)
+
+
+def _paper_like(tmp_path, **over):
+  """Six calls whose numbers follow the paper; `over` replaces model entries."""
+  m = {
+      "softmax": _model("softmax", loss=3.00, rise50=0.30, needle10=0.0),
+      "softmax_then_ssmax": _model("softmax_then_ssmax", loss=3.05, rise50=0.10, needle10=0.3,
+                                   kind="continued", needle1=0.6),
+      "qwen_logn": _model("qwen_logn", loss=3.00, rise50=0.2, needle10=0.1, kind="inference"),
+      "llama4_temperature": _model("llama4_temperature", loss=3.00, rise50=0.3, needle10=0.0,
+                                   kind="inference"),
+      "ssmax": _model("ssmax", loss=2.992, rise50=0.01, needle10=0.8),
+      "ssmax_fixed": _model("ssmax_fixed", loss=2.995, rise50=0.02, needle10=0.6),
+      "ssmax_bias": _model("ssmax_bias", loss=2.98, rise50=0.08, needle10=0.5),
+      "ssmax_final10": _model("ssmax_final10", loss=2.999, rise50=0.04, needle10=0.7),
+  }
+  m.update(over)
+  calls = {"softmax": ["softmax", "softmax_then_ssmax", "qwen_logn", "llama4_temperature"],
+           "ssmax": ["ssmax"], "ssmax_fixed": ["ssmax_fixed"], "ssmax_bias": ["ssmax_bias"],
+           "ssmax_final10": ["ssmax_final10"]}
+  return [_write(tmp_path, call, _summary(call, {k: m[k] for k in labels if k in m}))
+          for call, labels in calls.items() if any(k in m for k in labels)]
+
+
+def _verdicts(dirs, **kw):
+  return [c["verdict"] for c in results.claims(results.rows(results.gather(dirs), **kw))]
+
+
+def test_claims_follow_the_numbers(tmp_path):
+  dirs = _paper_like(tmp_path)
+  assert _verdicts(dirs) == ["reproduced"] * 6
+  out = tmp_path / "results.md"
+  text = results.render(results.gather(dirs), str(out), command="report")
+  assert out.read_text() == text
+  assert "not run |" not in text and text.count("**reproduced**") == 6
+  assert "(b) 2.9920 (-0.0080)" in text  # the numbers behind the verdict
+  assert "[needle.png](ssmax/needle.png)" in text  # figure links relative to the page
+
+  # The opposite numbers: softmax better everywhere.
+  worse = dict(ssmax=_model("ssmax", loss=3.1, rise50=0.4, needle10=0.0),
+               ssmax_fixed=_model("ssmax_fixed", loss=3.1, rise50=0.4, needle10=0.0),
+               ssmax_bias=_model("ssmax_bias", loss=3.2, rise50=0.3, needle10=0.0),
+               softmax_then_ssmax=_model("softmax_then_ssmax", loss=2.9, rise50=0.3,
+                                         needle10=0.0, needle1=0.95, kind="continued"),
+               ssmax_final10=_model("ssmax_final10", loss=3.0, rise50=0.3, needle10=0.0))
+  (tmp_path / "w").mkdir()
+  assert _verdicts(_paper_like(tmp_path / "w", **worse)) == ["not"] * 6
+
+  # In between: one SSMax variant below softmax, (b) rises less than (a) but not flat, etc.
+  mixed = dict(ssmax=_model("ssmax", loss=2.99, rise50=0.2, needle10=0.2),
+               ssmax_fixed=_model("ssmax_fixed", loss=3.1, rise50=0.2, needle10=0.0),
+               ssmax_bias=_model("ssmax_bias", loss=2.98, rise50=0.1, needle10=0.0))
+  (tmp_path / "m").mkdir()
+  v = _verdicts(_paper_like(tmp_path / "m", **mixed))
+  assert v[:4] == ["partly", "partly", "partly", "partly"]
+
+
+def test_missing_or_small_variants_are_not_run(tmp_path):
+  dirs = _paper_like(tmp_path)
+  no_b = [d for d in dirs if not d.endswith(os.sep + "ssmax")]
+  assert _verdicts(no_b) == ["not run", "not run", "not run", "not run", "reproduced", "not run"]
+  small = _summary("ssmax", {"ssmax": _model("ssmax", loss=2.99, rise50=0.0, needle10=0.9,
+                                             tokens=int(4.9e8))})
+  small_dir = _write(tmp_path, "small", small)
+  v = _verdicts(no_b + [small_dir])
+  assert v[1] == "not run"
+  assert _verdicts(no_b + [small_dir], min_tokens=0) == ["reproduced"] * 6
+  text = results.render(results.gather(no_b + [small_dir]), str(tmp_path / "r.md"))
+  assert "below the issue's scale: ssmax" in text and "below scale" in text
+
+  empty = results.render(results.gather([]), str(tmp_path / "none.md"))
+  for name in results.VARIANTS.values():
+    assert f"| {name} | not run |" in empty
+  assert empty.count("**not run**") == len(results.CLAIMS)
+  assert "--variant=softmax --out=docs/results/h200_small/softmax" in empty
+
+
+def test_report_refuses_bad_results(tmp_path):
+  with pytest.raises(ValueError, match="summary.json does not exist"):
+    results.gather([str(tmp_path)])
+  a = _write(tmp_path, "a", _summary("ssmax", {"ssmax": _model("ssmax", loss=3, rise50=0,
+                                                               needle10=1)}))
+  b = _write(tmp_path, "b", _summary("ssmax", {"ssmax": _model("ssmax", loss=3, rise50=0,
+                                                               needle10=1)}))
+  with pytest.raises(ValueError, match="variant 'ssmax' is in both"):
+    results.gather([a, b])
+  c = _write(tmp_path, "c", _summary("softmax", {"softmax": _model("softmax", loss=3, rise50=0,
+                                                                   needle10=1)}, preset="cpu_tiny"))
+  with pytest.raises(ValueError, match="mix presets"):
+    results.gather([a, c])
+
+
+def test_model_metrics_from_eval_documents():
+  docs = dict(
+      loss_by_position=dict(results=[dict(label="x", curves=[
+          dict(theta_scale=1.0, multiple=1.0, mean_loss=3.0),
+          dict(theta_scale=50.0, multiple=20.0, mean_loss=3.5)])]),
+      needle=dict(models=[dict(label="x", l_train=100)], results=[dict(label="x", grids=[
+          dict(theta_scale=50.0, context_lengths=[100, 1000], accuracy=[[1.0, 0.5], [0.0, 0.0]])
+      ])]),
+      attention=dict(results=[dict(label="x", result=dict(
+          context_length=800, trials=4, theta_scale=50.0, mean=[[0.1, 0.3]],
+          top_heads=[dict(layer=0, head=1, mean=0.3, std=0.1)]))]),
+      learned_s=dict(results=[dict(label="x", result=dict(variant="ssmax", s=[[0.2, 0.4]], b=None,
+                                                         s_init=0.17, fixed_s=None))]))
+  m = results.model_metrics(docs)["x"]
+  assert m["loss"] == {"1": {"1": 3.0}, "50": {"20": 3.5}}
+  assert m["needle"] == {"50": {"1": 0.75, "10": 0.0}}
+  assert m["attention"]["top_head"] == dict(layer=0, head=1, mean=0.3)
+  assert m["attention"]["mean_over_heads"] == pytest.approx(0.2)
+  assert m["learned_s"]["s_mean"] == pytest.approx(0.3) and "b_mean" not in m["learned_s"]
+
+
+def test_corpus_is_prepared_once(tmp_path):
+  docs = tmp_path / "docs"
+  (docs / "sub").mkdir(parents=True)
+  for i in range(4):
+    (docs / "sub" / f"f{i}.py").write_text(f"def f{i}():\n    return {i}\n" * (i + 1))
+  pattern, out = str(docs / "**" / "*.py"), str(tmp_path / "prep")
+  index, reused = data.prepare_text_files_cached(pattern, "byte", out, val_fraction=0.25)
+  assert not reused and index["num_files"] == 4 and index["splits"]["validation"]["num_docs"] == 1
+  again, reused = data.prepare_text_files_cached(pattern, "byte", out, val_fraction=0.25)
+  assert reused and again == index
+  _, reused = data.prepare_text_files_cached(pattern, "byte", out, val_fraction=0.5)
+  assert not reused  # another split
+  (docs / "sub" / "f0.py").write_text("x = 1\n")
+  index2, reused = data.prepare_text_files_cached(pattern, "byte", out, val_fraction=0.5)
+  assert not reused and index2["fingerprint"] != index["fingerprint"]
+  corpus = data.load_corpus(out, data.get_tokenizer("byte"), "train")
+  assert corpus.num_tokens == index2["splits"]["train"]["num_tokens"]
+  with pytest.raises(ValueError, match="matches no files"):
+    data.prepare_text_files_cached(str(tmp_path / "none" / "*.py"), "byte", out)
+
+
+def test_presets_and_plans():
+  with pytest.raises(ValueError, match="--preset='nope' is unknown"):
+    presets.get_config("nope")
+  with pytest.raises(ValueError, match="produced by the call of --variant='softmax'"):
+    recipe.check_variant("qwen_logn")
+  with pytest.raises(ValueError, match="--variant='bogus' is unknown"):
+    recipe.check_variant("bogus")
+
+  c = presets.get_config("h200_small")
+  phases, models = recipe.plan(c, "softmax", "/w", "/data")
+  a, e = phases
+  assert a.config.model.attention == "softmax" and a.config.data.source == "/data"
+  assert a.config.train.num_steps * 128 * 1024 >= 5e8 and a.config.train.seq_len >= 512
+  assert e.config.init.workdir == a.workdir and e.config.model.attention == "ssmax"
+  assert e.config.train.num_steps == recipe.steps_for(0.05 * 5e8, 128, 1024)
+  assert [m for m, _ in models] == ["softmax", "softmax_then_ssmax", "qwen_logn",
+                                    "llama4_temperature"]
+  assert models[2][1] == "qwen_logn=/w/softmax:qwen_logn"
+  from ssmax_jax.models.transformer import count_params
+  from ssmax_jax.train import validate
+  from ssmax_jax.train.checkpoint import abstract_model
+  params = count_params(abstract_model(validate(a.config)))
+  assert 20e6 <= params <= 40e6, params
+  assert abstract_model(validate(a.config)).config.padded_vocab_size == 50304
+
+  (f,), _ = recipe.plan(c, "ssmax_final10", "/w", "/data")
+  n = f.config.train.num_steps
+  assert f.config.model.attention == "softmax" and f.config.switch.attention == "ssmax"
+  assert f.config.switch.step == round(0.9 * n)
+  (b,), models = recipe.plan(c, "ssmax_bias", "/w", "/data")
+  assert b.config.model.attention == "ssmax_bias" and models == [("ssmax_bias",
+                                                                  "ssmax_bias=/w/ssmax_bias")]
+  assert "recipe" not in b.config and "recipe" in c
+
+
+def test_command_line_refusals(tmp_path):
+  def run(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.reproduce", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  r = run("--preset=nope", "--variant=ssmax", f"--out={tmp_path}")
+  assert r.returncode != 0 and "--preset='nope' is unknown" in r.stderr
+  r = run("--preset=cpu_tiny", "--variant=llama4_temperature", f"--out={tmp_path}",
+          f"--workdir={tmp_path / 'w'}")
+  assert r.returncode == 1 and "produced by the call of --variant='softmax'" in r.stderr
+  assert not (tmp_path / "w").exists()  # refused before any training
+  r = subprocess.run([sys.executable, "-m", "experiments.reproduce_report",
+                      f"--results={tmp_path / 'missing'}", f"--out={tmp_path / 'r.md'}"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1 and "summary.json does not exist" in r.stderr
+
+
+@pytest.mark.slow
+def test_cpu_tiny_end_to_end(tmp_path):
+  out, work = tmp_path / "softmax", tmp_path / "work"
+  r = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--preset=cpu_tiny",
+                      "--variant=softmax", f"--out={out}", f"--workdir={work}",
+                      f"--data_dir={tmp_path / 'data'}", "--config.recipe.tokens=12800"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "tok/s" in r.stdout  # throughput printed while training
+  files = sorted(os.listdir(out))
+  assert files == sorted(recipe.OUTPUT_FILES) and len(files) <= 8
+  assert all(os.path.getsize(out / f) < 4 * 2**20 for f in files)
+  s = json.loads((out / "summary.json").read_text())
+  assert s["variant"] == "softmax" and s["preset"] == "cpu_tiny"
+  assert "--config.recipe.tokens=12800" in s["command"]
+  assert set(s["models"]) == {"softmax", "softmax_then_ssmax", "qwen_logn", "llama4_temperature"}
+  a = s["models"]["softmax"]
+  assert a["steps"] == 25 and a["tokens"] == 25 * 8 * 64 and a["seq_len"] == 64
+  assert s["models"]["softmax_then_ssmax"]["tokens"] == a["tokens"] + 5 * 8 * 64
+  for m in s["models"].values():
+    assert set(m["metrics"]["loss"]) == {"1", "50"}
+    assert set(m["metrics"]["loss"]["50"]) == {"1", "5", "20"}
+    assert set(m["metrics"]["needle"]["50"]) == {"5", "10"}
+  assert s["models"]["softmax_then_ssmax"]["metrics"]["learned_s"]["s_mean"] > 0
+  assert {"prep", "train_softmax", "train_softmax_then_ssmax", "eval_needle",
+          "total"} <= set(s["wall_s"])
+  assert s["versions"]["jax"] and s["device"]["kind"]
+  lbp = json.loads((out / "loss_by_position.json").read_text())
+  assert "loss_per_position" not in lbp["results"][0]["curves"][0]
+
+  md = tmp_path / "results.md"
+  r = subprocess.run([sys.executable, "-m", "experiments.reproduce_report", f"--results={out}",
+                      f"--out={md}", "--min_tokens=0", "--min_seq_len=0"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  text = md.read_text()
+  assert "| (b) SSMax, learned s | not run |" in text
+  assert "| (a) softmax | run (trained) | cpu_tiny | 12,800 | 64 |" in text
+  assert "**partly**" in text or "**not**" in text or "**reproduced**" in text  # (e) vs (a)
