@@ -32,7 +32,8 @@ flags.DEFINE_list("rows", ["triton", "mosaic", "cudnn", "tokamax_mosaic", "tokam
 flags.DEFINE_integer("iters", 20, "Timed calls per measurement (median reported).")
 flags.DEFINE_integer("xla_max_t", 8192, "Skip XLA (materialises T x T) above this T.")
 flags.DEFINE_string("mosaic_variants", "", "Extra Mosaic GPU tiles to time at every shape: "
-                    "';'-separated 'block_kv,stages[,dq_block_kv,dq_stages,dkv_block_q,dkv_stages]'.")
+                    "';'-separated mosaic_gpu.Tiles fields: "
+                    "'block_kv,stages[,dq_block_kv,dq_stages,dkv_block_q,dkv_stages]'.")
 flags.DEFINE_string("triton_variants", "", "Extra Triton block configs to time at every shape: "
                     "';'-separated 'name:fwd=bq,bk,warps,stages/dq=.../dkdv=...'.")
 

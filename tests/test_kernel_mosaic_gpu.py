@@ -1,8 +1,8 @@
 """The Hopper (Pallas Mosaic GPU) flash-attention forward and backward, and the fallback.
 
 On CPU: the Hopper kernels (forward, and the backward's dq/dc and dk/dv kernels) are lowered
-for an abstract H200 (catches lowering errors without a GPU), and calls the Hopper path cannot take are checked to reach triton_gpu. On a Hopper GPU
-(marked gpu): forward against the float64 reference, gradients against jax.grad of the
+for an abstract H200 (catches lowering errors without a GPU), and calls the Hopper path
+cannot take are checked to reach triton_gpu. On a Hopper GPU (marked gpu): forward against the float64 reference, gradients against jax.grad of the
 float64 dense attention of test_kernel_triton. bf16 tolerances relative to the largest
 reference magnitude: 2e-2 forward, 4e-2 gradients (P is rounded to bf16 before P.V).
 """
@@ -73,9 +73,9 @@ def test_unsupported_calls_reach_triton():
     ((1, 384, 3, 3, 64), True, mosaic_gpu.Tiles(64, 3, 64, 3, 64, 3))])
 def test_hopper_forward_and_gradients(shape, causal, tiles):
   B, T, N, K, H = shape
-  assert mosaic_gpu.unsupported_reason(jnp.zeros((B, T, N, H), jnp.bfloat16),
-                                       jnp.zeros((B, T, K, H)), None, None, None, None,
-                                       mosaic_gpu.default_tiles(H), False) is None
+  zeros = lambda *shape: jnp.zeros(shape, jnp.bfloat16)
+  assert mosaic_gpu.unsupported_reason(zeros(B, T, N, H), zeros(B, T, K, H), None, None, None,
+                                       None, tiles or mosaic_gpu.default_tiles(H), False) is None
   rng = np.random.default_rng(T + H)
   q, w = (rng.standard_normal((B, T, N, H)).astype(np.float32) for _ in range(2))
   k, v = (rng.standard_normal((B, T, K, H)).astype(np.float32) for _ in range(2))

@@ -5,12 +5,22 @@ Forward: each block runs three warpgroups. Two compute warpgroups own 64 query r
 shared barrier, so that one does its softmax while the other multiplies; the third
 warpgroup streams K and V tiles with TMA into a ring of shared-memory slots. Logits are
 multiplied by c*scale*log2(e) row-wise and exponentiated in base 2, as in triton_gpu, so
-the log-sum-exp it saves is the one triton_gpu's backward expects.
+the log-sum-exp it saves (base 2) is the one both backwards expect.
+
+Backward: an XLA prologue packs lse, delta = rowsum(dO*O) and c per query ([B,N,3,T], one
+TMA copy per tile), then two kernels with the same three-warpgroup layout recompute P:
+- dq/dc: 128 query rows per block (64 per compute warpgroup) stream K/V tiles;
+  S = Q.K^T and dP = dO.V^T on the tensor cores, dS = P*(dP - delta) in registers,
+  dq += dS.K, dc += rowsum(dS*S) (float32), both scaled once at the end.
+- dk/dv: 128 keys per block stream Q/dO tiles of every query head of the key head's
+  group (GQA sums stay in registers); the tiles are transposed (keys x queries) so that
+  P^T and dS^T*c are wgmma A operands straight from registers: dv += P^T.dO, dk += dS^T.Q.
+Causal blocks skip the tiles above the diagonal and mask only the tiles that straddle it.
 
 Scope of the Hopper path: bf16/f16, head dim 64 or 128, T == S and a
 multiple of 128, key positions 0..S-1 with default query positions (q_pos_BT None), optional
-causal mask, no window, segments or kv lengths. Every other call, and the backward pass
-(dq, dk, dv, dc), goes to the Pallas Triton kernels of triton_gpu.
+causal mask, no window, segments or kv lengths. Every other call goes to the Pallas Triton
+kernels of triton_gpu (forward and backward).
 """
 import dataclasses
 import functools
@@ -266,7 +276,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, vec_ref, dq_ref, dc_ref, smem, ready
     rows_of = lambda x_R: lax.broadcast_in_dim(x_R, (bq, block_kv), [0])
     plgpu.barrier_wait(k_ready.at[0])
 
-    def step(dq_acc, i, masked):
+    def step(dq_acc, i, dc_R, masked):
       slot = lax.rem(i, jnp.int32(stages))
 
       def p_and_dp(s_acc, dp_acc):
@@ -280,12 +290,14 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, vec_ref, dq_ref, dc_ref, smem, ready
           r = plgpu.broadcasted_iota(jnp.int32, p_RC.shape, 0, layout=plgpu.Layout.WGMMA)
           j = plgpu.broadcasted_iota(jnp.int32, p_RC.shape, 1, layout=plgpu.Layout.WGMMA)
           p_RC = jnp.where(r + row0 >= j + i * block_kv, p_RC, 0.0)
-        return p_RC, dp_acc[...]
+        return s_RC, p_RC, dp_acc[...]
 
       acc = plgpu.ACC((bq, block_kv), jnp.float32)
-      p_RC, dp_RC = pl.run_scoped(p_and_dp, acc, acc)
+      s_RC, p_RC, dp_RC = pl.run_scoped(p_and_dp, acc, acc)
       plgpu.barrier_arrive(v_free.at[slot])
       ds_RC = p_RC * (dp_RC - rows_of(delta_R))      # d loss / d logit, without c*scale
+      # dc_i = scale * sum_j dS_ij (q_i . k_j), from dS in float32 (the row sums overlap dS.K).
+      dc_R = dc_R + (ds_RC * s_RC).sum(axis=1)
       plgpu.wgmma(dq_acc, ds_RC.astype(dtype), k_smem.at[slot])
       nxt = i + 1
 
@@ -295,18 +307,18 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, vec_ref, dq_ref, dc_ref, smem, ready
 
       plgpu.wgmma_wait(0)
       plgpu.barrier_arrive(k_free.at[slot])
+      return dc_R
 
     def accumulate(dq_acc):
-      pl.loop(0, clean_steps)(functools.partial(step, dq_acc, masked=False))
+      dc_R = plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), _ROW)
+      dc_R = lax.fori_loop(0, clean_steps, functools.partial(step, dq_acc, masked=False), dc_R)
       if causal:
-        pl.loop(clean_steps, steps)(functools.partial(step, dq_acc, masked=True))
-      return dq_acc[...]
+        dc_R = lax.fori_loop(clean_steps, steps, functools.partial(step, dq_acc, masked=True),
+                             dc_R)
+      return dq_acc[...], dc_R
 
-    dq_RH = pl.run_scoped(accumulate, plgpu.ACC(q_smem.shape, jnp.float32))
-    # dc_i = scale * sum_j dS_ij (q_i . k_j) = scale * q_i . (sum_j dS_ij k_j): one row dot
-    # at the end instead of a reduction per key tile (dS rounded as in dq).
-    q_RH = plgpu.load(q_smem, layout=plgpu.Layout.WGMMA).astype(jnp.float32)
-    vec_smem[0] = (q_RH * dq_RH).sum(axis=1) * scale
+    dq_RH, dc_R = pl.run_scoped(accumulate, plgpu.ACC(q_smem.shape, jnp.float32))
+    vec_smem[0] = dc_R * scale
     do_smem[...] = (dq_RH * lax.broadcast_in_dim(c_R * scale, dq_RH.shape, [0])).astype(dtype)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(do_smem, dq_ref.at[rows])
@@ -454,10 +466,11 @@ def _backward(q, k, v, c_BTN, o, lse, do, *, scale, causal, tiles):
   bq = _ROWS_PER_WG
   for blk in (tiles.dq_block_kv, tiles.dkv_block_q):
     assert (2 * bq) % blk == 0 and blk % 64 == 0, tiles
-  delta_BNT = jnp.einsum("btnh,btnh->bnt", o.astype(jnp.float32), do.astype(jnp.float32))
-  c_BNT = jnp.transpose(c_BTN.astype(jnp.float32), (0, 2, 1))
+  # A reduction fusion (an einsum here became a slow batched matrix-vector product).
+  delta_BTN = (o.astype(jnp.float32) * do.astype(jnp.float32)).sum(-1)
   # One TMA copy brings the three per-query vectors of a tile (rows contiguous).
-  vec_BN3T = jnp.stack([lse, delta_BNT, c_BNT], axis=2)
+  vec_BN3T = jnp.stack([lse, jnp.transpose(delta_BTN, (0, 2, 1)),
+                        jnp.transpose(c_BTN.astype(jnp.float32), (0, 2, 1))], axis=2)
   swizzled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
   common = dict(compiler_params=plgpu.CompilerParams(approx_math=True), num_threads=3,
                 thread_name="wg", grid_names=("h", "t", "b"))

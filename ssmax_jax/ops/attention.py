@@ -84,7 +84,8 @@ def _run_pallas(q, k, v, c, spec, scale, default_positions):
   if platform == "tpu":
     from ssmax_jax.kernels import mosaic_tpu as backend
   elif platform == "gpu":
-    # The Hopper kernel hands every call it cannot take to the Triton kernel itself.
+    # Hopper forward and backward (Mosaic GPU) where they apply; mosaic_gpu hands every other
+    # call, forward and backward, to the Triton kernels itself.
     from ssmax_jax.kernels import mosaic_gpu as backend
   else:  # CPU: the portable GPU kernel in interpret mode, so that its code is exercised
     from ssmax_jax.kernels import triton_gpu as backend
