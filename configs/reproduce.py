@@ -41,6 +41,10 @@ def _recipe(**eval_overrides):
   e.theta_scales = (1.0, 50.0)  # RoPE theta multiples (the paper raises it 50x)
   e.num_sequences = 8
   e.batch_size = 1
+  # True: evaluate only the longest multiple and take the mean loss at the shorter ones over its
+  # first positions (exact for causal attention; one compilation per model and theta instead of
+  # one per length). False: a window of its own per length.
+  e.loss_from_prefix = False
   e.needle_multiples = (1.0, 2.0, 5.0, 10.0, 20.0)
   e.needle_depths = tuple(round(d / 10, 1) for d in range(11))
   e.needle_trials = 20
@@ -83,7 +87,7 @@ def get_config(preset="h200_small"):
                    progress_bar=False, loss_chunk_tokens=8192)
     c.optimizer.update(lr=6e-4, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0,
                        schedule="constant", warmup_steps=200)
-    c.recipe = _recipe()
+    c.recipe = _recipe(loss_from_prefix=True)
   else:  # paper_162m
     from configs import paper_162m
     c = paper_162m.get_config()

@@ -33,6 +33,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "", "Checkpoints and full evaluation o
 _DATA_DIR = flags.DEFINE_string("data_dir", "workdirs/reproduce/data",
                                 "Where the prepared corpus is cached.")
 _PROGRESS = flags.DEFINE_bool("progress", False, "Progress bars in the evaluations.")
+_TRAIN_ONLY = flags.DEFINE_bool(
+    "train_only", False, "Only prepare and train (e.g. on every host of a cluster with "
+    "--config.distributed=True); the same command without it then evaluates the finished run.")
 flags.mark_flags_as_required(["preset", "variant", "out"])
 
 
@@ -62,10 +65,14 @@ def main(argv):
   try:
     summary = recipe.run(_CONFIG.value, _VARIANT.value, _OUT.value, workdir=workdir,
                          data_dir=_DATA_DIR.value, command=command,
-                         show_progress=_PROGRESS.value)
+                         show_progress=_PROGRESS.value, train_only=_TRAIN_ONLY.value)
   except (ValueError, train_lib.NonFiniteLossError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  if _TRAIN_ONLY.value:
+    print(f"trained {', '.join(summary['trained'])} in {workdir}; evaluate with the same command "
+          "without --train_only (and without --config.distributed=True), on one host.")
+    return
   for label, m in summary["models"].items():
     loss = m["metrics"].get("loss", {})
     line = " ".join(f"θ×{t} " + "/".join(f"{v:.3f}" for v in by_m.values())

@@ -119,6 +119,13 @@ def test_missing_or_small_variants_are_not_run(tmp_path):
   text = results.render(results.gather(no_b + [small_dir]), str(tmp_path / "r.md"))
   assert "below the issue's scale: ssmax" in text and "below scale" in text
 
+  no_loss = _model("ssmax", loss=2.99, rise50=0.0, needle10=0.9)
+  no_loss["final_train_loss"] = None  # trained elsewhere, metrics not kept
+  (tmp_path / "nl").mkdir()
+  c = results.claims(results.rows(results.gather(_paper_like(tmp_path / "nl", ssmax=no_loss))))
+  assert c[0]["verdict"] == "not run" and "no training loss recorded for ssmax" in c[0]["numbers"]
+  assert c[1]["verdict"] == "reproduced"
+
   empty = results.render(results.gather([]), str(tmp_path / "none.md"))
   for name in results.VARIANTS.values():
     assert f"| {name} | not run |" in empty
@@ -160,6 +167,15 @@ def test_model_metrics_from_eval_documents():
   assert m["attention"]["top_head"] == dict(layer=0, head=1, mean=0.3)
   assert m["attention"]["mean_over_heads"] == pytest.approx(0.2)
   assert m["learned_s"]["s_mean"] == pytest.approx(0.3) and "b_mean" not in m["learned_s"]
+
+  # Shorter multiples from the prefix of the longest curve (loss_from_prefix).
+  lpp = [float(i) for i in range(40)]  # l_train 10, 4x
+  docs = dict(loss_by_position=dict(results=[dict(label="x", curves=[
+      dict(theta_scale=50.0, multiple=4.0, context_length=40, mean_loss=19.5,
+           loss_per_position=lpp)])]))
+  m = results.model_metrics(docs, prefix_multiples=(1, 2, 4, 8))["x"]
+  assert m["loss"] == {"50": {"1": 4.5, "2": 9.5, "4": 19.5}}
+  assert list(m["loss"]["50"]) == ["1", "2", "4"]
 
 
 def test_corpus_is_prepared_once(tmp_path):
@@ -218,6 +234,35 @@ def test_presets_and_plans():
   assert "recipe" not in b.config and "recipe" in c
 
 
+def test_workdir_of_another_run_is_refused(tmp_path):
+  from ssmax_jax.train.config import to_json
+  c = presets.get_config("cpu_tiny")
+  (ph,), _ = recipe.plan(c, "ssmax", str(tmp_path), "shakespeare")
+  corpus = dict(validation_tokens=10**6)
+  recipe.check_plan([ph], c.recipe, corpus)  # nothing there yet
+  os.makedirs(os.path.join(ph.workdir, "checkpoints", "30"))
+  other = presets.get_config("cpu_tiny")
+  del other["recipe"]
+  other.model.attention, other.train.num_steps = "ssmax", 30
+  with open(os.path.join(ph.workdir, "config.json"), "w") as f:
+    f.write(to_json(other))
+  recipe.check_plan([ph], c.recipe, corpus)  # the same run (finished): evaluated, not retrained
+  other.model.d_model = 64
+  with open(os.path.join(ph.workdir, "config.json"), "w") as f:
+    f.write(to_json(other))
+  with pytest.raises(ValueError, match="config.model.d_model=64, this plan has 32"):
+    recipe.check_plan([ph], c.recipe, corpus)
+  os.makedirs(os.path.join(ph.workdir, "checkpoints", "50"))
+  with pytest.raises(ValueError, match="checkpoint at step 50, beyond this plan's 30 steps"):
+    recipe.check_plan([ph], c.recipe, corpus)
+  fresh, _ = recipe.plan(c, "ssmax", str(tmp_path / "x"), "shakespeare")
+  with pytest.raises(ValueError, match="validation split has 100 tokens"):
+    recipe.check_plan(fresh, c.recipe, dict(validation_tokens=100))
+  c.recipe.eval.needle_multiples = (1.0,)
+  with pytest.raises(ValueError, match="shorter than a needle prompt"):
+    recipe.check_plan(fresh, c.recipe, corpus)
+
+
 def test_command_line_refusals(tmp_path):
   def run(*args):
     return subprocess.run([sys.executable, "-m", "experiments.reproduce", *args], cwd=ROOT,
@@ -263,6 +308,15 @@ def test_cpu_tiny_end_to_end(tmp_path):
   assert s["versions"]["jax"] and s["device"]["kind"]
   lbp = json.loads((out / "loss_by_position.json").read_text())
   assert "loss_per_position" not in lbp["results"][0]["curves"][0]
+
+  # Again: the finished runs are not trained again (--train_only stops after training).
+  metrics = (work / "softmax" / "metrics.jsonl").read_text()
+  r = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--preset=cpu_tiny",
+                      "--variant=softmax", f"--out={out}", f"--workdir={work}",
+                      f"--data_dir={tmp_path / 'data'}", "--config.recipe.tokens=12800",
+                      "--train_only"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0 and "trained softmax, softmax_then_ssmax" in r.stdout, r.stderr[-3000:]
+  assert (work / "softmax" / "metrics.jsonl").read_text() == metrics
 
   md = tmp_path / "results.md"
   r = subprocess.run([sys.executable, "-m", "experiments.reproduce_report", f"--results={out}",

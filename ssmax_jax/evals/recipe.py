@@ -128,28 +128,48 @@ def plan(config, variant: str, workdir: str, data_source: str):
 # --- Corpus ---------------------------------------------------------------------------------------
 
 def corpus_glob(corpus: str) -> str | None:
-  """The file glob of recipe.corpus (None for the embedded 'shakespeare')."""
-  if corpus == "shakespeare":
+  """The file glob of recipe.corpus (None for 'shakespeare' and prepared directories)."""
+  if corpus == "shakespeare" or os.path.isdir(corpus):
     return None
   if corpus == "site_packages":
     return os.path.join(sysconfig.get_paths()["purelib"], "**", "*.py")
-  if "*" in corpus or os.sep in corpus:
+  if "*" in corpus:
     return corpus
-  raise ValueError(f"config.recipe.corpus={corpus!r}: use 'shakespeare', 'site_packages' or a "
-                   "recursive glob of text files (e.g. 'DOCS/**/*.txt').")
+  raise ValueError(f"config.recipe.corpus={corpus!r}: use 'shakespeare', 'site_packages', a "
+                   "recursive glob of text files (e.g. 'DOCS/**/*.txt') or a directory written "
+                   "by experiments.prep_data.")
 
 
 def prepare_corpus(recipe, tokenizer: str, data_dir: str) -> tuple[str, dict]:
   """(data.source, corpus info); prepares text files once into data_dir (reused when the files,
-  tokenizer and split are unchanged)."""
+  tokenizer and split are unchanged). 'shakespeare' and prepared directories are used as they
+  are."""
   from ssmax_jax import data
   pattern = corpus_glob(recipe.corpus)
   if pattern is None:
-    corpora = {s: data.load_corpus("shakespeare", data.get_tokenizer(tokenizer), s)
-               for s in ("train", "validation")}
-    return "shakespeare", dict(name="shakespeare", tokenizer=tokenizer, reused=True, **{
-        f"{s}_tokens": c.num_tokens for s, c in corpora.items()}, **{
-        f"{s}_docs": c.num_docs for s, c in corpora.items()})
+    info = dict(name=recipe.corpus, tokenizer=tokenizer, reused=True, directory=None)
+    index_path = os.path.join(recipe.corpus, data.sources.INDEX_FILE)
+    if os.path.isfile(index_path):  # a prep_data directory: counts from its index (no scan)
+      with open(index_path) as f:
+        index = json.load(f)
+      if index.get("tokenizer") != tokenizer:
+        raise ValueError(f"config.recipe.corpus={recipe.corpus!r} was prepared with tokenizer "
+                         f"{index.get('tokenizer')!r}, the config trains with {tokenizer!r}.")
+      counts = {s: (e["num_tokens"], e["num_docs"]) for s, e in index["splits"].items()}
+      if "validation" not in counts:
+        raise ValueError(f"config.recipe.corpus={recipe.corpus!r} has no validation split: "
+                         "prepare it with --val_fraction > 0.")
+    else:
+      counts = {s: (c.num_tokens, c.num_docs) for s in ("train", "validation")
+                for c in [data.load_corpus(recipe.corpus, data.get_tokenizer(tokenizer), s)]}
+    if recipe.corpus != "shakespeare":
+      info["directory"] = os.path.abspath(recipe.corpus)
+    for s, (n, d) in counts.items():
+      info[f"{s}_tokens"], info[f"{s}_docs"] = n, d
+    return recipe.corpus, info
+  if not 0.0 < recipe.val_fraction < 1.0:
+    raise ValueError(f"config.recipe.val_fraction={recipe.val_fraction} must be in (0, 1): the "
+                     "evaluations read a held-out split.")
   key = recipe.corpus if recipe.corpus == "site_packages" else (
       "glob_" + hashlib.sha1(pattern.encode()).hexdigest()[:10])
   out = os.path.join(data_dir, f"{key}_{tokenizer}")
@@ -160,9 +180,6 @@ def prepare_corpus(recipe, tokenizer: str, data_dir: str) -> tuple[str, dict]:
                                                  num_workers=workers, seed=0)
   seconds = time.perf_counter() - t0
   splits = index["splits"]
-  if "validation" not in splits:
-    raise ValueError(f"corpus {pattern!r} has no validation split: set "
-                     "config.recipe.val_fraction > 0.")
   info = dict(name=recipe.corpus, glob=pattern, tokenizer=tokenizer, directory=os.path.abspath(out),
               reused=reused, num_files=index["num_files"], num_bytes=index["num_bytes"],
               fingerprint=index["fingerprint"], val_fraction=index["val_fraction"],
@@ -181,6 +198,25 @@ def _checkpoint_steps(workdir: str) -> list[int]:
   return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
 
 
+# Keys that make a checkpoint another run (a finished or resumed run must agree on them).
+_SAME_RUN = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num_heads",
+             "model.num_kv_heads", "model.d_ff", "model.vocab_pad_multiple", "model.attention",
+             "model.rope_theta", "model.s_init", "model.fixed_s", "data.tokenizer",
+             "train.batch_size", "train.seq_len", "train.num_steps", "switch.step",
+             "switch.attention")
+
+
+def _check_same_run(ph: Phase):
+  from ssmax_jax.train import read_config
+  saved = read_config(ph.workdir)
+  for name in _SAME_RUN:
+    group, k = name.split(".")
+    if saved[group][k] != ph.config[group][k]:
+      raise ValueError(f"workdir {ph.workdir} holds a run with config.{name}="
+                       f"{saved[group][k]!r}, this plan has {ph.config[group][k]!r}: pass a new "
+                       "--workdir (or the same overrides as that run).")
+
+
 def check_plan(phases, recipe, corpus: dict):
   """Everything that can be refused before training: configs, resumable workdirs, evaluation
   lengths against the tokenizer and the validation data."""
@@ -195,6 +231,8 @@ def check_plan(phases, recipe, corpus: dict):
     if steps and steps[-1] > ph.config.train.num_steps:
       raise ValueError(f"workdir {ph.workdir} holds a checkpoint at step {steps[-1]}, beyond this "
                        f"plan's {ph.config.train.num_steps} steps: pass a new --workdir.")
+    if steps:
+      _check_same_run(ph)
   c, e = phases[0].config, recipe.eval
   l_train = c.model.l_train or c.train.seq_len
   tokenizer = data.get_tokenizer(c.data.tokenizer)
@@ -224,10 +262,16 @@ def _train_phase(ph: Phase) -> dict:
   from ssmax_jax.train.checkpoint import abstract_model
   before = _checkpoint_steps(ph.workdir)
   t0 = time.perf_counter()
-  out = train(ph.config, ph.workdir)
+  if before and before[-1] == ph.config.train.num_steps:  # finished (here, or on a cluster)
+    out = {"step": before[-1], "loss": float("nan")}
+  else:
+    out = train(ph.config, ph.workdir)
   wall = time.perf_counter() - t0
   t = ph.config.train
-  records = [r for r in read_metrics(ph.workdir) if r["step"] <= out["step"]]
+  try:
+    records = [r for r in read_metrics(ph.workdir) if r["step"] <= out["step"]]
+  except OSError:  # a run trained elsewhere whose metrics.jsonl was not kept
+    records = []
   tail = [r for r in records if r["step"] > 0.9 * out["step"]] or records[-1:]
   rates = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
   mfus = [r["mfu"] for r in records if r.get("mfu") is not None]
@@ -240,8 +284,8 @@ def _train_phase(ph: Phase) -> dict:
       tokens=out["step"] * t.batch_size * t.seq_len, batch_size=t.batch_size, seq_len=t.seq_len,
       params=int(count_params(abstract_model(cfg))),
       switch_step=ph.config.switch.step if ph.config.switch.step >= 0 else None,
-      final_train_loss=float(np.mean([r["loss_mean"] for r in tail])),
-      last_logged_loss=out["loss"], tokens_per_s=float(np.median(rates)) if rates else None,
+      final_train_loss=float(np.mean([r["loss_mean"] for r in tail])) if tail else None,
+      last_logged_loss=out["loss"] if np.isfinite(out["loss"]) else None, tokens_per_s=float(np.median(rates)) if rates else None,
       mfu=float(np.median(mfus)) if mfus else None, wall_s=round(wall, 2))
 
 
@@ -323,14 +367,23 @@ def device_info() -> dict:
 # --- The recipe -----------------------------------------------------------------------------------
 
 def run(config, variant: str, out_dir: str, *, workdir: str, data_dir: str, command: str = "",
-        show_progress: bool = False) -> dict:
+        show_progress: bool = False, train_only: bool = False) -> dict:
   """Prepares the corpus, trains `variant`, evaluates every model of the call and writes
   OUTPUT_FILES into out_dir. Returns the summary. Raises ValueError before any training on a bad
-  variant, config, workdir or evaluation setting."""
+  variant, config, workdir or evaluation setting.
+
+  A phase whose workdir already holds its last step is not trained again (only evaluated), so a
+  run trained elsewhere (train_only=True on every host of a cluster, config.distributed=True)
+  is evaluated by the same command on one host. train_only returns {'variant', 'trained'}.
+  """
   t_start = time.perf_counter()
   check_variant(variant)
   if os.path.isfile(out_dir):
     raise ValueError(f"--out={out_dir!r} is a file: pass a directory.")
+  if config.distributed and not train_only:
+    raise ValueError("config.distributed=True trains on several hosts: pass --train_only there, "
+                     "then evaluate with the same command on one host without "
+                     "--config.distributed=True.")
   _, recipe = split_config(config)
   wall = {}
   t0 = time.perf_counter()
@@ -344,14 +397,22 @@ def run(config, variant: str, out_dir: str, *, workdir: str, data_dir: str, comm
         + "; ".join(f"{p.label}: {p.config.train.num_steps} steps of {p.config.train.batch_size} x "
                     f"{p.config.train.seq_len} tokens" for p in phases), flush=True)
 
+  if config.distributed:
+    import jax
+    if not jax.distributed.is_initialized():
+      jax.distributed.initialize()
+    for ph in phases:  # initialised once here, not again by each phase's train()
+      ph.config.distributed = False
   trained = {}
   for ph in phases:
     trained[ph.label] = _train_phase(ph)
     wall[f"train_{ph.label}"] = trained[ph.label]["wall_s"]
     r = trained[ph.label]
     print(f"{ph.label}: {r['steps']} steps, {r['tokens']:,} tokens, final train loss "
-          f"{r['final_train_loss']:.4f}, {r['tokens_per_s'] or 0:,.0f} tokens/s, "
+          f"{r['final_train_loss'] or float('nan'):.4f}, {r['tokens_per_s'] or 0:,.0f} tokens/s, "
           f"{r['wall_s']:.0f} s", flush=True)
+  if train_only:
+    return dict(variant=variant, trained=trained)
 
   e = recipe.eval
   specs = [spec for _, spec in models]
@@ -359,8 +420,11 @@ def run(config, variant: str, out_dir: str, *, workdir: str, data_dir: str, comm
   kw = dict(show_progress=show_progress)
   docs = {}
   t0 = time.perf_counter()
+  # loss_from_prefix: one context length (the longest) per model and theta, the shorter ones from
+  # its prefixes (results.model_metrics): fewer compilations and forwards.
+  lbp_multiples = (max(e.multiples),) if e.loss_from_prefix else tuple(e.multiples)
   docs["loss_by_position"] = runner.run_loss_by_position(
-      specs, eval_dir, multiples=tuple(e.multiples), theta_scales=tuple(e.theta_scales),
+      specs, eval_dir, multiples=lbp_multiples, theta_scales=tuple(e.theta_scales),
       num_sequences=e.num_sequences, batch_size=e.batch_size, **kw)
   wall["eval_loss_by_position"] = round(time.perf_counter() - t0, 2)
   t0 = time.perf_counter()
@@ -378,7 +442,7 @@ def run(config, variant: str, out_dir: str, *, workdir: str, data_dir: str, comm
   docs["learned_s"] = runner.run_learned_s(specs, eval_dir)
   wall["eval_learned_s"] = round(time.perf_counter() - t0, 2)
 
-  metrics = results.model_metrics(docs)
+  metrics = results.model_metrics(docs, prefix_multiples=tuple(e.multiples))
   base = trained[phases[0].label]
   entries = {}
   for label, spec in models:

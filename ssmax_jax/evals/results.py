@@ -51,18 +51,33 @@ def key(x) -> str:
 
 # --- Metrics of one call --------------------------------------------------------------------------
 
-def model_metrics(docs: dict) -> dict:
+def model_metrics(docs: dict, prefix_multiples=()) -> dict:
   """{label: {'loss': {theta: {multiple: mean loss}}, 'needle': {theta: {multiple: mean accuracy
   over depths}}, 'attention': {...}, 'learned_s': {...}}} from the four evaluation documents of
-  one call (kind -> the runner's returned doc)."""
+  one call (kind -> the runner's returned doc).
+
+  prefix_multiples: multiples m without a curve of their own get the mean loss of the first
+  m x l_train positions of a longer curve (its loss_per_position; exact for causal attention,
+  where a position's loss does not depend on later tokens).
+  """
   out = {}
   lbp = docs.get("loss_by_position")
   if lbp:
     for entry in lbp["results"]:
-      m = out.setdefault(entry["label"], {})
+      losses = out.setdefault(entry["label"], {}).setdefault("loss", {})
       for c in entry["curves"]:
-        m.setdefault("loss", {}).setdefault(key(c["theta_scale"]), {})[key(c["multiple"])] = (
-            float(c["mean_loss"]))
+        losses.setdefault(key(c["theta_scale"]), {})[key(c["multiple"])] = float(c["mean_loss"])
+      for c in entry["curves"]:
+        per_position = c.get("loss_per_position")
+        by_m = losses[key(c["theta_scale"])]
+        for pm in prefix_multiples:
+          if per_position is not None and key(pm) not in by_m and pm < c["multiple"]:
+            n = int(round(pm * c["context_length"] / c["multiple"]))
+            by_m[key(pm)] = float(np.mean(per_position[:n]))
+      for by_m in losses.values():
+        ordered = sorted(by_m.items(), key=lambda kv: float(kv[0]))
+        by_m.clear()
+        by_m.update(ordered)
   nd = docs.get("needle")
   if nd:
     l_train = {m["label"]: m["l_train"] for m in nd["models"]}
@@ -138,7 +153,7 @@ def rows(found, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_LEN) -> dict:
   for d, s in found:
     for label, m in s["models"].items():
       at_scale = m["tokens"] >= min_tokens and m["seq_len"] >= min_seq_len
-      out[label] = dict(m, dir=d, summary=s, at_scale=at_scale)
+      out[label] = dict(m, label=label, dir=d, summary=s, at_scale=at_scale)
   return out
 
 
@@ -191,10 +206,15 @@ def _need(rws, names):
   return [rws[n] for n in names], ""
 
 
+def _no_loss(got):
+  missing = [r["label"] for r in got if r.get("final_train_loss") is None]
+  return f"no training loss recorded for {', '.join(missing)}" if missing else ""
+
+
 def _claim_training_loss(rws):
   got, why = _need(rws, ["softmax", "ssmax", "ssmax_fixed", "ssmax_bias"])
-  if got is None:
-    return "not run", why
+  if got is None or _no_loss(got):
+    return "not run", why or _no_loss(got)
   a, b, c, d = (r["final_train_loss"] for r in got)
   lower = [x < a for x in (b, c, d)]
   d_lowest = d < min(b, c)
@@ -245,8 +265,8 @@ def _claim_needle(rws):
 
 def _claim_bias(rws):
   got, why = _need(rws, ["ssmax", "ssmax_bias"])
-  if got is None:
-    return "not run", why
+  if got is None or _no_loss(got):
+    return "not run", why or _no_loss(got)
   b, d = got
   faster = d["final_train_loss"] < b["final_train_loss"]
   m = _longest_common(got, LONG_THETA)
@@ -338,6 +358,21 @@ def command_for(variant: str, preset: str = "h200_small") -> str:
           f"--out=docs/results/{preset}/{call}")
 
 
+def _config_line(c) -> str:
+  if not c:
+    return "—"
+  m, t, o = c["model"], c["train"], c["optimizer"]
+  line = (f"d_model {m['d_model']}, {m['num_layers']} layers, {m['num_heads']} heads, d_ff "
+          f"{m['d_ff']}, vocabulary {m['vocab_size']} (padded to a multiple of "
+          f"{m['vocab_pad_multiple']}), {m['dtype']}; batch {t['batch_size']} x {t['seq_len']}, "
+          f"{t['num_steps']} steps; AdamW lr {o['lr']:g} {o['schedule']}, warm-up "
+          f"{o['warmup_steps']}, betas ({o['b1']:g}, {o['b2']:g}), weight decay "
+          f"{o['weight_decay']:g}, clip {o['clip_norm']:g}")
+  if c.get("switch", {}).get("step", -1) >= 0:
+    line += f"; switched to {c['switch']['attention']} at step {c['switch']['step']}"
+  return line + " (full config in the summary)"
+
+
 def _fmt(x, spec):
   return "—" if x is None else format(x, spec)
 
@@ -358,7 +393,7 @@ def render(found, out_path: str, *, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_L
            f"Generated {datetime.date.today().isoformat()} by `{command or 'python -m experiments.reproduce_report'}`"
            f" from {len(found)} result director{'y' if len(found) == 1 else 'ies'}. "
            "How to run and what each variant is: [reproduce.md](reproduce.md).", "",
-           f"The issue's scale: at least {min_tokens:.3g} training tokens at sequence >= "
+           f"The issue's scale: at least {min_tokens:,.0f} training tokens at sequence >= "
            f"{min_seq_len} per variant; a variant below it counts as not run in the claims.", ""]
 
   lines += ["## Variants", "",
@@ -434,7 +469,7 @@ def render(found, out_path: str, *, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_L
 
   lines += ["## Figures", ""]
   if not found:
-    lines += ["None yet.", ""]
+    lines.append("None yet.")
   for d, s in found:
     rel = os.path.relpath(os.path.abspath(d), out_dir)
     lines.append(f"- `{s['variant']}` ({', '.join(s['models'])}): "
@@ -453,6 +488,7 @@ def render(found, out_path: str, *, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_L
               f"{s['corpus'].get('validation_tokens', 0):,} validation tokens, tokenizer "
               f"{s['corpus']['tokenizer']})",
               "- wall time (s): " + ", ".join(f"{k} {v}" for k, v in s["wall_s"].items()),
+              "- config: " + _config_line(s.get("config")),
               f"- summary: [{os.path.join(os.path.relpath(os.path.abspath(d), out_dir), SUMMARY_FILE)}]"
               f"({os.path.join(os.path.relpath(os.path.abspath(d), out_dir), SUMMARY_FILE)})", ""]
   missing = [v for v in VARIANTS if v not in CALL and v not in done]
