@@ -1,7 +1,7 @@
 """Gathers the evaluation results (JSON from experiments.eval_*) under any run directories into
 one markdown page with tables and links to the figures.
 
-  python -m experiments.report --runs=runs/eval,runs/ssmax/eval --out=docs/results.md
+  python -m experiments.report --runs=runs/eval,runs/ssmax/eval --out=runs/eval/report.md
 """
 import sys
 
@@ -11,7 +11,8 @@ from absl import flags
 from ssmax_jax.evals import report
 
 RUNS = flags.DEFINE_list("runs", None, "Directories searched (recursively) for results.")
-OUT = flags.DEFINE_string("out", "docs/results.md", "Markdown file to write.")
+OUT = flags.DEFINE_string("out", "eval_report.md", "Markdown file to write (docs/results.md is "
+                          "written by experiments.reproduce_report).")
 flags.mark_flag_as_required("runs")
 
 
