@@ -300,7 +300,8 @@ def _plot_needle(doc: dict, path: str):
   g0 = grids[0][1]
   w = 1.0 + 0.8 * len(g0["context_lengths"])
   h = 1.2 + 0.35 * len(g0["depths"])
-  fig, axes = plt.subplots(rows, cols, figsize=(w * cols + 1.0, h * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(w * cols + 1.0, h * rows), squeeze=False,
+                           layout="constrained")
   im = None
   for ax, (label, g) in zip(axes.flat, grids):
     acc = np.asarray(g["accuracy"]).T
@@ -319,9 +320,26 @@ def _plot_needle(doc: dict, path: str):
   plt.close(fig)
 
 
-def _write_outputs(eval_dir: str, out_dir: str, docs: dict):
+def _plot_loss(doc: dict, metrics: dict, path: str):
+  """The loss-by-position figure, with the means at shorter lengths taken from prefixes (when
+  loss_from_prefix evaluated only the longest) as points of the mean-loss panel."""
+  from ssmax_jax.evals import loss_by_position
+  entries = copy.deepcopy(doc["results"])
+  for entry in entries:
+    have = {(results.key(c["theta_scale"]), results.key(c["multiple"])) for c in entry["curves"]}
+    for theta, by_m in metrics[entry["label"]].get("loss", {}).items():
+      for m, value in by_m.items():
+        if (theta, m) not in have:
+          entry["curves"].append(dict(theta_scale=float(theta), multiple=float(m),
+                                      context_length=int(round(float(m) * entry["l_train"])),
+                                      mean_loss=value))
+  loss_by_position.plot(entries, path)
+
+
+def _write_outputs(eval_dir: str, out_dir: str, docs: dict, metrics: dict):
   """Copies the evaluation results into out_dir: compact JSON, one needle figure."""
   os.makedirs(out_dir, exist_ok=True)
+  _plot_loss(docs["loss_by_position"], metrics, os.path.join(out_dir, "loss_by_position.png"))
   lbp = copy.deepcopy(docs["loss_by_position"])
   for entry in lbp["results"]:
     for curve in entry["curves"]:
@@ -331,8 +349,7 @@ def _write_outputs(eval_dir: str, out_dir: str, docs: dict):
   for kind in ("loss_by_position", "needle", "attention", "learned_s"):
     with open(os.path.join(out_dir, f"{kind}.json"), "w") as f:
       json.dump(docs[kind], f, default=common._jsonable)  # pylint: disable=protected-access
-  for name in ("loss_by_position.png", "attention.png"):
-    shutil.copyfile(os.path.join(eval_dir, name), os.path.join(out_dir, name))
+  shutil.copyfile(os.path.join(eval_dir, "attention.png"), os.path.join(out_dir, "attention.png"))
   _plot_needle(docs["needle"], os.path.join(out_dir, "needle.png"))
 
 
@@ -467,7 +484,7 @@ def run(config, variant: str, out_dir: str, *, workdir: str, data_dir: str, comm
       models=entries, files=list(OUTPUT_FILES), wall_s=wall)
   if variant == "softmax":
     summary["continue_config"] = json.loads(json.dumps(phases[1].config.to_dict(), default=str))
-  _write_outputs(eval_dir, out_dir, docs)
+  _write_outputs(eval_dir, out_dir, docs, metrics)
   wall["total"] = round(time.perf_counter() - t_start, 2)
   with open(os.path.join(out_dir, SUMMARY_FILE), "w") as f:
     json.dump(summary, f, indent=1, default=common._jsonable)  # pylint: disable=protected-access
