@@ -466,7 +466,7 @@ def _backward(q, k, v, c_BTN, o, lse, do, *, scale, causal, tiles):
   bq = _ROWS_PER_WG
   for blk in (tiles.dq_block_kv, tiles.dkv_block_q):
     assert (2 * bq) % blk == 0 and blk % 64 == 0, tiles
-  # A reduction fusion (an einsum here became a slow batched matrix-vector product).
+  # Written as a reduction so that XLA fuses it (an einsum here measured ~0.4 ms at 16384).
   delta_BTN = (o.astype(jnp.float32) * do.astype(jnp.float32)).sum(-1)
   # One TMA copy brings the three per-query vectors of a tile (rows contiguous).
   vec_BN3T = jnp.stack([lse, jnp.transpose(delta_BTN, (0, 2, 1)),
