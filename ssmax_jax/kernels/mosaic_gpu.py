@@ -548,7 +548,8 @@ def flash_attention(q_BTNH, k_BSKH, v_BSKH, c_BTN, q_pos_BT, q_seg_BT, kv_seg_BS
   """The kernel contract of ssmax_jax.kernels; Hopper path where supported, else triton_gpu.
 
   block_q is fixed at 128 rows (two warpgroups of 64) on the Hopper path; block_k sets its
-  key tile (tiles= sets key tile and pipeline depth together).
+  forward key tile (tiles=, a Tiles, sets the forward's and the backward kernels' tiles and
+  pipeline depths together).
   """
   if (q_seg_BT is None) != (kv_seg_BS is None):
     raise ValueError("q_seg_BT and kv_seg_BS must both be given or both be None.")
