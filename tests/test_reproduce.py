@@ -86,6 +86,11 @@ def test_claims_follow_the_numbers(tmp_path):
   assert "not run |" not in text and text.count("**reproduced**") == 6
   assert "(b) 2.9920 (-0.0080)" in text  # the numbers behind the verdict
   assert "[needle.png](ssmax/needle.png)" in text  # figure links relative to the page
+  assert "not train on the same corpus" not in text
+  other = json.loads(open(os.path.join(dirs[1], "summary.json")).read())
+  other["corpus"]["train_tokens"] = 2
+  open(os.path.join(dirs[1], "summary.json"), "w").write(json.dumps(other))
+  assert "not train on the same corpus" in results.render(results.gather(dirs), str(out))
 
   # The opposite numbers: softmax better everywhere.
   worse = dict(ssmax=_model("ssmax", loss=3.1, rise50=0.4, needle10=0.0),

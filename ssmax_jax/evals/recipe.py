@@ -21,6 +21,7 @@ experiments/reproduce_report.py gathers the summaries (ssmax_jax.evals.results).
 import copy
 import dataclasses
 import datetime
+import glob as globlib
 import hashlib
 import importlib.metadata
 import json
@@ -361,6 +362,12 @@ def versions() -> dict:
     except importlib.metadata.PackageNotFoundError:
       out[name] = None
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  h = hashlib.sha256()  # the code that ran, also where there is no git checkout
+  for path in sorted(globlib.glob(os.path.join(root, "ssmax_jax", "**", "*.py"), recursive=True)
+                     + globlib.glob(os.path.join(root, "configs", "*.py"))):
+    with open(path, "rb") as f:
+      h.update(os.path.relpath(path, root).encode() + b"\0" + f.read())
+  out["source_sha256"] = h.hexdigest()[:16]
   try:
     out["git_commit"] = subprocess.run(
         ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,

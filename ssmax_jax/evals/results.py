@@ -396,6 +396,12 @@ def render(found, out_path: str, *, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_L
            f"The issue's scale: at least {min_tokens:,.0f} training tokens at sequence >= "
            f"{min_seq_len} per variant; a variant below it counts as not run in the claims.", ""]
 
+  corpora = {(c.get("name"), c.get("num_bytes"), c.get("train_tokens"), c.get("validation_tokens"))
+             for c in (s["corpus"] for _, s in found)}
+  if len(corpora) > 1:
+    lines += ["**Warning: the calls did not train on the same corpus** (name, bytes, train and "
+              "validation tokens): " + "; ".join(str(c) for c in sorted(corpora, key=str)) + ".",
+              ""]
   lines += ["## Variants", "",
             "| variant | status | preset | tokens | seq len | params | steps | train s | "
             "tokens/s | final train loss | call wall s |",
