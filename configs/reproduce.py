@@ -77,7 +77,7 @@ def get_config(preset="h200_small"):
                        needle_multiples=(5.0, 10.0), needle_depths=(0.0, 0.5, 1.0),
                        needle_trials=2, needle_batch_size=2, attention_multiple=5.0,
                        attention_trials=2, attention_batch_size=2)
-    c.recipe.update(corpus="shakespeare", tokens=30 * 8 * 64, continue_fraction=0.2)
+    c.recipe.update(corpus="shakespeare", tokens=30.0 * 8 * 64, continue_fraction=0.2)
   elif preset == "h200_small":
     c.model.update(vocab_size=50257, d_model=256, num_layers=8, num_heads=4, d_ff=1024,
                    attention="softmax", dtype="bfloat16", param_dtype="float32",
