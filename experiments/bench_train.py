@@ -12,6 +12,8 @@ shared/bench/jax_gpt_anchor.py) against config.train.peak_tflops or the device's
 import itertools
 import time
 
+from flax import nnx
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,12 +21,14 @@ from absl import app
 from absl import flags
 
 from configs import paper_162m
+from configs import reproduce
+from ssmax_jax import data as data_lib
 from ssmax_jax.models.transformer import count_params
 from ssmax_jax.train import config as config_lib
 from ssmax_jax.train import mesh as mesh_lib
 from ssmax_jax.train import trainer
 from ssmax_jax.train.optim import make_optimizer
-from ssmax_jax.train.step import flops_per_token
+from ssmax_jax.train.step import flops_per_token, loss_sum
 
 _BATCH = flags.DEFINE_integer("batch", 32, "Sequences per step.")
 _SEQ = flags.DEFINE_integer("seq", 1024, "Sequence length.")
@@ -34,10 +38,22 @@ _VOCAB_PAD = flags.DEFINE_list("vocab_pad", ["64", "1"], "model.vocab_pad_multip
 _CHUNK = flags.DEFINE_list("chunk", ["8192"], "train.loss_chunk_tokens values.")
 _REMAT = flags.DEFINE_list("remat", ["false"], "model.remat values.")
 _SMALL = flags.DEFINE_bool("small", False, "A tiny model for a CPU smoke test.")
+_MODEL = flags.DEFINE_enum("model", "paper_162m", ["paper_162m", "h200_small"],
+                           "The model: configs/paper_162m.py, or the h200_small preset of "
+                           "configs/reproduce.py (issue 6's recipe).")
+_PIPELINE = flags.DEFINE_string("pipeline_data", "", "A prepared data directory: also time the "
+                                "grain input pipeline alone at the batch of the configuration.")
+_WORKERS = flags.DEFINE_list("workers", ["4"], "data.worker_count values for --pipeline_data.")
+_BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time the loss forward alone and the "
+                               "forward+backward without the optimizer update.")
 
 
 def _config(attention, vocab_pad, chunk, remat):
-  c = paper_162m.get_config()
+  if _MODEL.value == "paper_162m":
+    c = paper_162m.get_config()
+  else:
+    c = reproduce.get_config(_MODEL.value)
+    del c["recipe"]
   c.model.update(attention=attention, vocab_pad_multiple=vocab_pad, remat=remat)
   c.train.update(batch_size=_BATCH.value, seq_len=_SEQ.value, grad_accum_steps=1,
                  loss_chunk_tokens=chunk)
@@ -52,7 +68,10 @@ def measure(config) -> dict:
   cfg = config_lib.validate(config)
   mesh = mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   tx = make_optimizer(config.optimizer, config.train.num_steps)
+  t0 = time.perf_counter()
   st = trainer._State.init(cfg, tx, mesh, config)
+  jax.block_until_ready(st.state)
+  init_s = time.perf_counter() - t0
   B, T = config.train.batch_size, config.train.seq_len
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, cfg.vocab_size, (B, T + 1), dtype=np.int32)
@@ -62,6 +81,7 @@ def measure(config) -> dict:
                loss_mask=np.ones((B, T), np.float32))
   batch = jax.device_put({k: jnp.asarray(v) for k, v in batch.items()},
                          mesh_lib.batch_sharding(mesh))
+  parts = _time_parts(st, batch, config, mesh) if _BREAKDOWN.value else {}
   with jax.set_mesh(mesh):
     t0 = time.perf_counter()
     st.state, metrics = st.step_fn(st.state, batch)
@@ -78,12 +98,52 @@ def measure(config) -> dict:
   num_params = count_params(st.objects()[0])
   tps = B * T / dt
   peak = trainer._peak_flops(config)
-  return dict(params=num_params, compile_s=compile_s, step_ms=dt * 1e3, tokens_per_s=tps,
+  return dict(params=num_params, init_s=init_s, compile_s=compile_s, **parts, step_ms=dt * 1e3, tokens_per_s=tps,
               mfu=tps * flops_per_token(cfg, num_params, T) / peak if peak else None, loss=loss)
+
+
+def _timed(fn, *args):
+  jax.block_until_ready(fn(*args))
+  t0 = time.perf_counter()
+  for _ in range(_STEPS.value):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t0) / _STEPS.value * 1e3
+
+
+def _time_parts(st, batch, config, mesh) -> dict:
+  """ms of the loss forward alone and of forward+backward (no optimizer) on the same batch."""
+  model = st.objects()[0]
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  kw = dict(chunk_tokens=config.train.loss_chunk_tokens, use_segments=config.data.packing)
+
+  def loss(params):
+    return loss_sum(nnx.merge(graphdef, params, rest), batch, **kw)[0]
+
+  with jax.set_mesh(mesh):
+    return dict(forward_ms=_timed(jax.jit(loss), params),
+                forward_backward_ms=_timed(jax.jit(jax.value_and_grad(loss)), params))
+
+
+def time_pipeline(directory, tokenizer, workers) -> float:
+  """tokens/s of the grain training pipeline alone (packing off, as the presets train)."""
+  it = data_lib.make_train_iterator(directory, tokenizer, _SEQ.value, _BATCH.value,
+                                    packing=False, worker_count=workers)
+  try:
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(_STEPS.value):
+      next(it)
+    return _BATCH.value * _SEQ.value * _STEPS.value / (time.perf_counter() - t0)
+  finally:
+    it.close()
 
 
 def main(argv):
   del argv
+  for workers in map(int, _WORKERS.value) if _PIPELINE.value else ():
+    rate = time_pipeline(_PIPELINE.value, "gpt2", workers)
+    print(f"input pipeline, {workers} workers: {rate:,.0f} tokens/s", flush=True)
   device = jax.devices()[0]
   print(f"jax {jax.__version__}, {device.platform} {device.device_kind}, "
         f"batch {_BATCH.value} x {_SEQ.value}", flush=True)
@@ -93,7 +153,9 @@ def main(argv):
     name = f"attention={attention} vocab_pad={pad} chunk={chunk} remat={remat}"
     r = measure(_config(attention, int(pad), int(chunk), remat.lower() == "true"))
     mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.3f}"
-    print(f"{name}: params={r['params'] / 1e6:.1f}M compile={r['compile_s']:.0f}s "
+    parts = "".join(f" {k}={r[k]:.1f}" for k in ("forward_ms", "forward_backward_ms") if k in r)
+    print(f"{name}: params={r['params'] / 1e6:.1f}M init={r['init_s']:.0f}s "
+          f"compile={r['compile_s']:.0f}s{parts} "
           f"step={r['step_ms']:.1f}ms tokens/s={r['tokens_per_s']:,.0f} MFU={mfu} "
           f"loss={r['loss']:.3f}", flush=True)
     rows.append((name, r))

@@ -104,7 +104,10 @@ class Transformer(nnx.Module):
   def hidden(self, tokens_BT, *, positions_BT=None, segment_ids_BT=None, rope_theta=None,
              decode=False):
     """Final-norm hidden states [B,T,D] in the compute dtype."""
-    x_BTD = self.embed[...].astype(self.config.dtype)[tokens_BT]
+    # Gather, then cast: the backward scatter-adds into the table in its own dtype, and a
+    # float32 table takes hardware atomic adds where bf16 would retry compare-and-swap loops on
+    # every repeated token (real text repeats a few tokens very often).
+    x_BTD = self.embed[...][tokens_BT].astype(self.config.dtype)
     x_BTD = shard(x_BTD, ("act_batch", "act_seq", "act_embed"))
     kwargs = dict(positions_BT=positions_BT, segment_ids_BT=segment_ids_BT,
                   rope_theta=rope_theta, decode=decode)

@@ -57,6 +57,8 @@ class MetricsWriter:
       postfix["tok/s"] = f"{record['tokens_per_s']:,.0f}"
     if record.get("mfu") is not None:
       postfix["MFU"] = f"{record['mfu']:.3f}"
+    if record.get("input_wait") is not None:  # share of wall time waiting for the input pipeline
+      postfix["input"] = f"{record['input_wait']:.0%}"
     if self.bar is not None:
       self.bar.n = step
       self.bar.set_postfix(postfix, refresh=False)
