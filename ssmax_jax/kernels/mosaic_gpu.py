@@ -464,8 +464,11 @@ def _backward(q, k, v, c_BTN, o, lse, do, *, scale, causal, tiles):
   K = k.shape[2]
   G = N // K
   bq = _ROWS_PER_WG
-  for blk in (tiles.dq_block_kv, tiles.dkv_block_q):
-    assert (2 * bq) % blk == 0 and blk % 64 == 0, tiles
+  for name in ("dq_block_kv", "dkv_block_q"):
+    blk = getattr(tiles, name)
+    if (2 * bq) % blk or blk % 64:
+      raise ValueError(f"tiles.{name}={blk} must be 64 or 128 (a multiple of 64 dividing the "
+                       f"{2 * bq}-row blocks).")
   # Written as a reduction so that XLA fuses it (an einsum here measured ~0.4 ms at 16384).
   delta_BTN = (o.astype(jnp.float32) * do.astype(jnp.float32)).sum(-1)
   # One TMA copy brings the three per-query vectors of a tile (rows contiguous).
