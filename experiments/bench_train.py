@@ -4,6 +4,11 @@ train step (forward, fused chunked loss, backward, AdamW) on random tokens, batc
   python -m experiments.bench_train                       # the default set of configurations
   python -m experiments.bench_train --attention=ssmax --vocab_pad=64 --chunk=8192,32768
   python -m experiments.bench_train --small               # CPU smoke test with a tiny model
+  python -m experiments.bench_train --model=h200_small --batch=128 --breakdown \
+      --pipeline_data=DIR --workers=4,8 --real_tokens       # issue 6's preset on real text
+
+--breakdown adds the loss forward alone and forward+backward without the optimizer;
+--pipeline_data times the grain input pipeline alone; --real_tokens steps on a batch of it.
 
 Prints one line per configuration as it is measured, then a table. MFU counts
 6 x non-embedding parameters + 6 x layers x T x d_model FLOPs per token (as
@@ -43,6 +48,8 @@ _MODEL = flags.DEFINE_enum("model", "paper_162m", ["paper_162m", "h200_small"],
                            "configs/reproduce.py (issue 6's recipe).")
 _PIPELINE = flags.DEFINE_string("pipeline_data", "", "A prepared data directory: also time the "
                                 "grain input pipeline alone at the batch of the configuration.")
+_REAL = flags.DEFINE_bool("real_tokens", False, "Time the step on a batch of --pipeline_data "
+                          "(GPT-2 tokens) instead of random token ids.")
 _WORKERS = flags.DEFINE_list("workers", ["4"], "data.worker_count values for --pipeline_data.")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time the loss forward alone and the "
                                "forward+backward without the optimizer update.")
@@ -73,12 +80,20 @@ def measure(config) -> dict:
   jax.block_until_ready(st.state)
   init_s = time.perf_counter() - t0
   B, T = config.train.batch_size, config.train.seq_len
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(0, cfg.vocab_size, (B, T + 1), dtype=np.int32)
-  batch = dict(inputs=tokens[:, :-1], targets=tokens[:, 1:],
-               segment_ids=np.ones((B, T), np.int32),
-               positions=np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)),
-               loss_mask=np.ones((B, T), np.float32))
+  if _REAL.value and cfg.vocab_size < 50257:
+    raise ValueError(f"--real_tokens reads GPT-2 ids but the model has vocab_size "
+                     f"{cfg.vocab_size}: drop --small.")
+  if _REAL.value:  # text repeats tokens, which random ids do not (the embedding's backward)
+    it = data_lib.make_train_iterator(_PIPELINE.value, "gpt2", T, B, packing=False)
+    batch = next(it)
+    it.close()
+  else:
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, cfg.vocab_size, (B, T + 1), dtype=np.int32)
+    batch = dict(inputs=tokens[:, :-1], targets=tokens[:, 1:],
+                 segment_ids=np.ones((B, T), np.int32),
+                 positions=np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)),
+                 loss_mask=np.ones((B, T), np.float32))
   batch = jax.device_put({k: jnp.asarray(v) for k, v in batch.items()},
                          mesh_lib.batch_sharding(mesh))
   parts = _time_parts(st, batch, config, mesh) if _BREAKDOWN.value else {}
@@ -141,6 +156,8 @@ def time_pipeline(directory, tokenizer, workers) -> float:
 
 def main(argv):
   del argv
+  if _REAL.value and not _PIPELINE.value:
+    raise ValueError("--real_tokens needs --pipeline_data=DIR (a prepared GPT-2 data directory).")
   for workers in map(int, _WORKERS.value) if _PIPELINE.value else ():
     rate = time_pipeline(_PIPELINE.value, "gpt2", workers)
     print(f"input pipeline, {workers} workers: {rate:,.0f} tokens/s", flush=True)
