@@ -104,9 +104,9 @@ class Transformer(nnx.Module):
   def hidden(self, tokens_BT, *, positions_BT=None, segment_ids_BT=None, rope_theta=None,
              decode=False):
     """Final-norm hidden states [B,T,D] in the compute dtype."""
-    # Gather, then cast: the backward scatter-adds into the table in its own dtype, and a
-    # float32 table takes hardware atomic adds where bf16 would retry compare-and-swap loops on
-    # every repeated token (real text repeats a few tokens very often).
+    # Gather, then cast: the backward scatter-adds into the table in its own dtype. Real text
+    # repeats a few tokens thousands of times per batch, and a bf16 sum of that many terms
+    # drops the small ones (GPUs before Hopper also add bf16 with compare-and-swap loops).
     x_BTD = self.embed[...][tokens_BT].astype(self.config.dtype)
     x_BTD = shard(x_BTD, ("act_batch", "act_seq", "act_embed"))
     kwargs = dict(positions_BT=positions_BT, segment_ids_BT=segment_ids_BT,
