@@ -31,6 +31,7 @@ from ssmax_jax import data as data_lib
 from ssmax_jax.models.transformer import count_params
 from ssmax_jax.train import config as config_lib
 from ssmax_jax.train import mesh as mesh_lib
+from ssmax_jax.train import profiling
 from ssmax_jax.train import trainer
 from ssmax_jax.train.optim import make_optimizer
 from ssmax_jax.train.step import flops_per_token, loss_sum
@@ -50,6 +51,10 @@ _PIPELINE = flags.DEFINE_string("pipeline_data", "", "A prepared data directory:
                                 "grain input pipeline alone at the batch of the configuration.")
 _REAL = flags.DEFINE_bool("real_tokens", False, "Time the step on a batch of --pipeline_data "
                           "(GPT-2 tokens) instead of random token ids.")
+_PROFILE = flags.DEFINE_integer("profile_steps", 0, "Trace this many steps of each configuration"
+                                " and print device time by kernel category and the top kernels.")
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", "/tmp/ssmax_bench_profile",
+                                   "Where the traces go (open in TensorBoard/XProf).")
 _WORKERS = flags.DEFINE_list("workers", ["4"], "data.worker_count values for --pipeline_data.")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time the loss forward alone and the "
                                "forward+backward without the optimizer update.")
@@ -107,10 +112,17 @@ def measure(config) -> dict:
       st.state, metrics = st.step_fn(st.state, batch)
     loss = float(metrics["loss"])  # waits for the last step
     dt = (time.perf_counter() - t0) / _STEPS.value
+    profile = None
+    if _PROFILE.value:
+      def one_step():
+        st.state, m = st.step_fn(st.state, batch)
+        jax.block_until_ready(m)
+      path = profiling.trace_steps(one_step, _PROFILE.value, _PROFILE_DIR.value)
+      profile = profiling.device_time_by_kernel(path, _PROFILE.value)
   num_params = count_params(st.objects()[0])
   tps = B * T / dt
   peak = trainer._peak_flops(config)
-  return dict(params=num_params, init_s=init_s, compile_s=compile_s, **parts, step_ms=dt * 1e3, tokens_per_s=tps,
+  return dict(params=num_params, init_s=init_s, compile_s=compile_s, profile=profile, **parts, step_ms=dt * 1e3, tokens_per_s=tps,
               mfu=tps * flops_per_token(cfg, num_params, T) / peak if peak else None, loss=loss)
 
 
@@ -175,6 +187,8 @@ def main(argv):
           f"compile={r['compile_s']:.0f}s{parts} "
           f"step={r['step_ms']:.1f}ms tokens/s={r['tokens_per_s']:,.0f} MFU={mfu} "
           f"loss={r['loss']:.3f}", flush=True)
+    if r["profile"] is not None:
+      print(profiling.format_summary(r["profile"]), flush=True)
     rows.append((name, r))
   print(f"\n| configuration | step ms | tokens/s | MFU |\n|---|---|---|---|")
   for name, r in rows:

@@ -48,10 +48,14 @@ def test_fused_cross_entropy_matches_reference_with_padded_vocab():
       np.testing.assert_allclose(g, r, atol=1e-5)
 
 
-def test_tiny_trains_and_logs_s_per_layer_and_head(tmp_path):
-  result = train(_config(), str(tmp_path))
+def test_tiny_trains_and_logs_s_per_layer_and_head(tmp_path, capsys):
+  result = train(_config(train=dict(profile_at_step=12, profile_steps=2)), str(tmp_path))
   records = read_metrics(str(tmp_path))
   assert [r["step"] for r in records] == [5, 10, 15, 20]
+  assert all(0.0 <= r["input_wait"] <= 1.0 for r in records[1:]), records
+  # The profile of steps 13-14: a trace file and a device-time table in the output.
+  assert "profile of steps 13-14" in capsys.readouterr().out
+  assert list((tmp_path / "profile").rglob("perfetto_trace.json.gz"))
   assert records[-1]["loss"] < records[0]["loss"] - 1.0, records
   assert result["step"] == 20
   s = np.asarray(records[-1]["s"])
@@ -99,6 +103,7 @@ def _add_key(group, key):
     (lambda c: c.mesh.update(shape=(2, 1, 1)), "uses 2 devices but there are 1"),
     (lambda c: c.model.update(vocab_size=100), "smaller than the 'byte' tokenizer's 257"),
     (lambda c: c.model.update(attention="sparsemax"), "variant='sparsemax' is unknown"),
+    (lambda c: c.train.update(profile_at_step=19, profile_steps=3), "profile_at_step=19"),
 ])
 def test_bad_config_stops_before_training(tmp_path, change, message):
   config = _config()

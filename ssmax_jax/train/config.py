@@ -51,6 +51,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.peak_tflops = config_dict.placeholder(float)  # per device; None: known devices only
   c.train.progress_bar = True
+  # Trace profile_steps steps from this step on (-1: never) into WORKDIR/profile and print device
+  # time by kernel (ssmax_jax/train/profiling.py); the trace opens in TensorBoard/XProf.
+  c.train.profile_at_step = -1
+  c.train.profile_steps = 3
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 6e-4
@@ -128,11 +132,14 @@ def validate(config) -> TransformerConfig:
   cfg = model_config(config)
   _positive(config, "train.num_steps", "train.batch_size", "train.seq_len",
             "train.grad_accum_steps", "train.log_every", "train.loss_chunk_tokens",
-            "checkpoint.every_steps", "checkpoint.keep")
+            "checkpoint.every_steps", "checkpoint.keep", "train.profile_steps")
   t, o = config.train, config.optimizer
   if t.batch_size % t.grad_accum_steps:
     raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by "
                      f"config.train.grad_accum_steps={t.grad_accum_steps}.")
+  if t.profile_at_step < -1 or t.profile_at_step + t.profile_steps > t.num_steps:
+    raise ValueError(f"config.train.profile_at_step={t.profile_at_step} with profile_steps="
+                     f"{t.profile_steps} must lie within the {t.num_steps} steps (or be -1).")
   if o.schedule not in SCHEDULES:
     raise ValueError(f"config.optimizer.schedule={o.schedule!r}; choose one of {SCHEDULES}.")
   if o.lr <= 0 or o.warmup_steps < 0 or o.clip_norm < 0 or o.weight_decay < 0:

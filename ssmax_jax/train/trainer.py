@@ -15,6 +15,7 @@ from ssmax_jax.models.transformer import Transformer, count_params, generate
 from ssmax_jax.train import checkpoint as ckpt_lib
 from ssmax_jax.train import config as config_lib
 from ssmax_jax.train import mesh as mesh_lib
+from ssmax_jax.train import profiling
 from ssmax_jax.train.data import make_batches, to_global
 from ssmax_jax.train.metrics import MetricsWriter
 from ssmax_jax.train.optim import make_optimizer, make_schedule
@@ -222,6 +223,7 @@ def train(config, workdir: str) -> dict:
   last_saved = step if ckpt.steps() else None
   pending, last = [], {"loss": float("nan")}
   t_mark, step_mark = None, step
+  profile_dir = os.path.join(workdir, "profile")
   input_wait = 0.0  # seconds spent waiting for batches since t_mark: input-bound if near all
   try:
     with jax.set_mesh(mesh):
@@ -232,8 +234,16 @@ def train(config, workdir: str) -> dict:
         t_input = time.perf_counter()
         batch = to_global(next(batches), batch_sharding)
         input_wait += time.perf_counter() - t_input
+        if step == t.profile_at_step and jax.process_index() == 0:
+          profiling.start_trace(profile_dir)
         st.state, metrics = st.step_fn(st.state, batch)
         step += 1
+        if step == t.profile_at_step + t.profile_steps and jax.process_index() == 0:
+          jax.block_until_ready(metrics)
+          summary = profiling.device_time_by_kernel(profiling.stop_trace(profile_dir),
+                                                    t.profile_steps)
+          writer.message(f"profile of steps {t.profile_at_step + 1}-{step} ({profile_dir}):\n"
+                         + profiling.format_summary(summary))
         pending.append((step, metrics))
         if t_mark is None:  # the first step includes compilation: time from its end
           jax.block_until_ready(metrics)

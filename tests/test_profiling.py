@@ -1,0 +1,43 @@
+"""The device-time summary of a profiler trace (ssmax_jax.train.profiling)."""
+import gzip
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from ssmax_jax.train import profiling
+
+
+def _write_trace(path, events):
+  with gzip.open(path, "wt") as f:
+    json.dump({"traceEvents": events}, f)
+
+
+def test_device_kernels_are_summed_per_step_and_categorised(tmp_path):
+  meta = [dict(ph="M", name="process_name", pid=1, args=dict(name="/device:GPU:0")),
+          dict(ph="M", name="process_name", pid=2, args=dict(name="/host:CPU"))]
+  kernel = lambda name, dur, pid=1: dict(ph="X", name=name, pid=pid, tid=7, ts=0, dur=dur)
+  events = meta + [kernel("sm90_xmma_gemm_bf16", 3000), kernel("sm90_xmma_gemm_bf16", 3000),
+                   kernel("loop_add_fusion", 1000), kernel("cudnn_fmha_fwd", 2000),
+                   kernel("PjitFunction(step)", 50_000, pid=2)]  # host: not device time
+  path = tmp_path / "perfetto_trace.json.gz"
+  _write_trace(path, events)
+  summary = profiling.device_time_by_kernel(str(path), num_steps=2)
+  assert summary["per_step_ms"] == pytest.approx(4.5)  # (6 + 1 + 2) ms over 2 steps
+  assert summary["categories"][0] == ("matmul", pytest.approx(3.0), pytest.approx(6 / 9))
+  assert dict((c, ms) for c, ms, _ in summary["categories"])["attention"] == pytest.approx(1.0)
+  name, cat, ms, calls, share = summary["kernels"][0]
+  assert (name, cat, calls) == ("sm90_xmma_gemm_bf16", "matmul", 1.0)
+  assert "| matmul | 3.00 | 66.7% |" in profiling.format_summary(summary)
+
+
+def test_trace_steps_on_this_machine(tmp_path):
+  f = jax.jit(lambda x: jnp.tanh(x @ x))
+  x = jnp.ones((256, 256))
+  f(x).block_until_ready()
+  path = profiling.trace_steps(lambda: f(x).block_until_ready(), 2, str(tmp_path))
+  summary = profiling.device_time_by_kernel(path, 2)
+  assert summary["per_step_ms"] > 0 and summary["kernels"]
+  with pytest.raises(ValueError, match="num_steps=0"):
+    profiling.trace_steps(lambda: None, 0, str(tmp_path))
