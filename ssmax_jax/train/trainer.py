@@ -224,6 +224,7 @@ def train(config, workdir: str) -> dict:
   pending, last = [], {"loss": float("nan")}
   t_mark, step_mark = None, step
   profile_dir = os.path.join(workdir, "profile")
+  tracing = False  # a run resumed inside the profiled steps does not profile
   input_wait = 0.0  # seconds spent waiting for batches since t_mark: input-bound if near all
   try:
     with jax.set_mesh(mesh):
@@ -236,9 +237,11 @@ def train(config, workdir: str) -> dict:
         input_wait += time.perf_counter() - t_input
         if step == t.profile_at_step and jax.process_index() == 0:
           profiling.start_trace(profile_dir)
+          tracing = True
         st.state, metrics = st.step_fn(st.state, batch)
         step += 1
-        if step == t.profile_at_step + t.profile_steps and jax.process_index() == 0:
+        if tracing and step == t.profile_at_step + t.profile_steps:
+          tracing = False
           jax.block_until_ready(metrics)
           summary = profiling.device_time_by_kernel(profiling.stop_trace(profile_dir),
                                                     t.profile_steps)
@@ -285,6 +288,8 @@ def train(config, workdir: str) -> dict:
           writer.message(f"signal {stop['signal']}: saved step {step} and stopped.")
           break
   finally:
+    if tracing:  # stopped (signal, NaN) inside the profiled steps: close the trace
+      profiling.stop_trace(profile_dir)
     signal.signal(signal.SIGTERM, previous)
     ckpt.wait()
     ckpt.close()
