@@ -478,61 +478,48 @@ def _backward(q, k, v, c_BTN, o, lse, do, *, scale, causal, tiles):
   common = dict(compiler_params=plgpu.CompilerParams(approx_math=True), num_threads=3,
                 thread_name="wg", grid_names=("h", "t", "b"))
 
+  def launch(kernel, scratch, out_type, grid):
+    # Both kernels take (q, k, v, do, vec) and their outputs, then their scratch buffers.
+    def entry(*refs):
+      pl.run_scoped(lambda *bufs: kernel(*refs, *bufs), *scratch, collective_axes="wg")
+    entry.__name__ = kernel.func.__name__.strip("_")  # names the kernel in profiles
+    return plgpu.kernel(entry, out_type=out_type, grid=grid, **common)(q, k, v, do, vec_BN3T)
+
   n_q_tiles = T // (2 * bq)
   blk, stages = tiles.dq_block_kv, tiles.dq_stages
-  dq_kernel = functools.partial(_dq_kernel, scale=scale, causal=causal, block_kv=blk,
-                                stages=stages, n_tiles=n_q_tiles, group=G)
-
-  def dq_entry(q_ref, k_ref, v_ref, do_ref, vec_ref, dq_ref, dc_ref):
-    smem = (
-        plgpu.SMEM((2, bq, H), q.dtype, transforms=swizzled),
-        plgpu.SMEM((2, bq, H), q.dtype, transforms=swizzled),
-        plgpu.SMEM((2, 3, bq), jnp.float32),
-        plgpu.SMEM((stages, blk, H), k.dtype, transforms=swizzled),
-        plgpu.SMEM((stages, blk, H), v.dtype, transforms=swizzled),
-    )
-    ready = (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages),
-             plgpu.Barrier(num_arrivals=3, num_barriers=2))
-    free = (plgpu.Barrier(num_arrivals=2, num_barriers=stages),) * 2
-    pl.run_scoped(
-        lambda *scratch: dq_kernel(q_ref, k_ref, v_ref, do_ref, vec_ref, dq_ref, dc_ref,
-                                   *scratch),
-        smem, ready, free, collective_axes="wg")
-
-  dq, dc_BNT = plgpu.kernel(
-      dq_entry,
+  dq, dc_BNT = launch(
+      functools.partial(_dq_kernel, scale=scale, causal=causal, block_kv=blk, stages=stages,
+                        n_tiles=n_q_tiles, group=G),
+      scratch=(
+          (plgpu.SMEM((2, bq, H), q.dtype, transforms=swizzled),
+           plgpu.SMEM((2, bq, H), q.dtype, transforms=swizzled),
+           plgpu.SMEM((2, 3, bq), jnp.float32),
+           plgpu.SMEM((stages, blk, H), k.dtype, transforms=swizzled),
+           plgpu.SMEM((stages, blk, H), v.dtype, transforms=swizzled)),
+          (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages),
+           plgpu.Barrier(num_arrivals=3, num_barriers=2)),
+          (plgpu.Barrier(num_arrivals=2, num_barriers=stages),) * 2),
       out_type=(jax.ShapeDtypeStruct(q.shape, q.dtype),
                 jax.ShapeDtypeStruct((B, N, T), jnp.float32)),
-      grid=(N, n_q_tiles, B), **common,
-  )(q, k, v, do, vec_BN3T)
+      grid=(N, n_q_tiles, B))
 
   n_k_tiles = T // (2 * bq)
   blk, stages = tiles.dkv_block_q, tiles.dkv_stages
-  dkv_kernel = functools.partial(_dkv_kernel, scale=scale, causal=causal, block_q=blk,
-                                 stages=stages, group=G)
-
-  def dkv_entry(q_ref, k_ref, v_ref, do_ref, vec_ref, dk_ref, dv_ref):
-    smem = (
-        plgpu.SMEM((2, bq, H), k.dtype, transforms=swizzled),
-        plgpu.SMEM((2, bq, H), v.dtype, transforms=swizzled),
-        plgpu.SMEM((stages, blk, H), q.dtype, transforms=swizzled),
-        plgpu.SMEM((stages, blk, H), q.dtype, transforms=swizzled),
-        plgpu.SMEM((stages, 3, blk), jnp.float32),
-    )
-    ready = (plgpu.Barrier(num_arrivals=2, num_barriers=2),
-             plgpu.Barrier(num_arrivals=2, num_barriers=stages),
-             plgpu.Barrier(num_barriers=stages))
-    free = (plgpu.Barrier(num_arrivals=2, num_barriers=stages),) * 2
-    pl.run_scoped(
-        lambda *scratch: dkv_kernel(q_ref, k_ref, v_ref, do_ref, vec_ref, dk_ref, dv_ref,
-                                    *scratch),
-        smem, ready, free, collective_axes="wg")
-
-  dk, dv = plgpu.kernel(
-      dkv_entry,
+  dk, dv = launch(
+      functools.partial(_dkv_kernel, scale=scale, causal=causal, block_q=blk, stages=stages,
+                        group=G),
+      scratch=(
+          (plgpu.SMEM((2, bq, H), k.dtype, transforms=swizzled),
+           plgpu.SMEM((2, bq, H), v.dtype, transforms=swizzled),
+           plgpu.SMEM((stages, blk, H), q.dtype, transforms=swizzled),
+           plgpu.SMEM((stages, blk, H), q.dtype, transforms=swizzled),
+           plgpu.SMEM((stages, 3, blk), jnp.float32)),
+          (plgpu.Barrier(num_arrivals=2, num_barriers=2),
+           plgpu.Barrier(num_arrivals=2, num_barriers=stages),
+           plgpu.Barrier(num_barriers=stages)),
+          (plgpu.Barrier(num_arrivals=2, num_barriers=stages),) * 2),
       out_type=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-      grid=(K, n_k_tiles, B), **common,
-  )(q, k, v, do, vec_BN3T)
+      grid=(K, n_k_tiles, B))
   return dq, dk, dv, jnp.transpose(dc_BNT, (0, 2, 1))
 
 

@@ -14,8 +14,8 @@ import jax
 
 # Kernel-name fragments -> category, first match wins (cuBLAS/cuDNN/XLA/Triton/Pallas names).
 CATEGORIES = (
-    ("attention", ("fmha", "flash", "attention", "mosaic_gpu", "_fwd_kernel", "_dq_kernel",
-                   "_dkv_kernel", "_dkdv_kernel")),
+    ("attention", ("fmha", "flash", "attention", "mosaic_gpu", "fwd_kernel", "dq_kernel",
+                   "dkv_kernel", "dkdv_kernel")),
     ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "wgmma", "matmul", "dot")),
     ("scatter/gather", ("scatter", "gather", "dynamic-update-slice", "dynamic_update_slice")),
     ("reduction", ("reduce", "reduction")),
