@@ -36,6 +36,10 @@ def _recipe(**eval_overrides):
   # AdamW, same lr, 10% warm-up), for this fraction of `tokens`.
   r.continue_fraction = 0.05
   r.switch_fraction = 0.1  # (f) ssmax_final10: SSMax for this final fraction of the steps
+  # Minutes of pretraining after which the run saves and stops (0: none), so that a call that
+  # trains slower than planned still evaluates and returns its results inside the device
+  # call's limit; such a run has fewer tokens than `tokens` and the report says so.
+  r.train_minutes = 0.0
   e = ml_collections.ConfigDict()
   e.multiples = (1.0, 2.0, 5.0, 10.0, 20.0)  # loss by position, x l_train
   e.theta_scales = (1.0, 50.0)  # RoPE theta multiples (the paper raises it 50x)
@@ -88,6 +92,7 @@ def get_config(preset="h200_small"):
     c.optimizer.update(lr=6e-4, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0,
                        schedule="constant", warmup_steps=200)
     c.recipe = _recipe(loss_from_prefix=True)
+    c.recipe.train_minutes = 6.5  # of a 10-minute call: prep, compile and evals take the rest
   else:  # paper_162m
     from configs import paper_162m
     c = paper_162m.get_config()

@@ -123,6 +123,11 @@ def test_missing_or_small_variants_are_not_run(tmp_path):
   assert _verdicts(no_b + [small_dir], min_tokens=0) == ["reproduced"] * 6
   text = results.render(results.gather(no_b + [small_dir]), str(tmp_path / "r.md"))
   assert "below the issue's scale: ssmax" in text and "below scale" in text
+  cut = _model("ssmax", loss=2.99, rise50=0.0, needle10=0.9, tokens=int(3e8))
+  cut.update(stopped_early=True, steps=2289, planned_steps=3815)  # recipe.train_minutes ran out
+  cut_dir = _write(tmp_path, "cut", _summary("ssmax", {"ssmax": cut}))
+  text = results.render(results.gather(no_b + [cut_dir]), str(tmp_path / "r2.md"))
+  assert "below scale (trained), stopped by the time limit at step 2289 of 3815" in text
 
   no_loss = _model("ssmax", loss=2.99, rise50=0.0, needle10=0.9)
   no_loss["final_train_loss"] = None  # trained elsewhere, metrics not kept
@@ -217,6 +222,7 @@ def test_presets_and_plans():
   a, e = phases
   assert a.config.model.attention == "softmax" and a.config.data.source == "/data"
   assert a.config.train.num_steps * 128 * 1024 >= 5e8 and a.config.train.seq_len >= 512
+  assert a.config.train.max_minutes == 6.5 and e.config.train.max_minutes == 0.0
   assert e.config.init.workdir == a.workdir and e.config.model.attention == "ssmax"
   assert e.config.train.num_steps == recipe.steps_for(0.05 * 5e8, 128, 1024)
   assert [m for m, _ in models] == ["softmax", "softmax_then_ssmax", "qwen_logn",

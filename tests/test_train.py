@@ -104,6 +104,7 @@ def _add_key(group, key):
     (lambda c: c.model.update(vocab_size=100), "smaller than the 'byte' tokenizer's 257"),
     (lambda c: c.model.update(attention="sparsemax"), "variant='sparsemax' is unknown"),
     (lambda c: c.train.update(profile_at_step=19, profile_steps=3), "profile_at_step=19"),
+    (lambda c: c.train.update(max_minutes=-1.0), "max_minutes=-1.0 must be >= 0"),
 ])
 def test_bad_config_stops_before_training(tmp_path, change, message):
   config = _config()
@@ -252,6 +253,16 @@ def test_sigterm_saves_and_stops_then_resumes(tmp_path, monkeypatch):
   assert train(config, str(tmp_path))["step"] == 8
   last = read_metrics(str(tmp_path))[-1]
   assert np.asarray(last["s"]).shape == np.asarray(last["b"]).shape == (2, 2)
+
+
+def test_time_limit_saves_and_stops_at_a_log_step_then_resumes(tmp_path, capsys):
+  config = _config(train=dict(num_steps=8, log_every=2, max_minutes=1e-6))
+  result = train(config, str(tmp_path))
+  assert result["stopped"] and result["step"] == 2  # the first log step is past the limit
+  assert Checkpointer(str(tmp_path), read_only=True).steps() == [2]
+  assert "time limit of 1e-06 min: saved step 2 and stopped." in capsys.readouterr().out
+  config.train.max_minutes = 0.0
+  assert train(config, str(tmp_path))["step"] == 8
 
 
 def test_cli_rejects_an_unknown_config_key(tmp_path):

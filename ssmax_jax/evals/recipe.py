@@ -96,6 +96,7 @@ def plan(config, variant: str, workdir: str, data_source: str):
   base.train.num_steps = num_steps
   main = copy.deepcopy(base)
   main.model.attention = "ssmax" if variant == "ssmax_final10" else variant
+  main.train.max_minutes = float(recipe.train_minutes)
   phases = [Phase(variant, main, os.path.join(workdir, variant))]
   if variant == "ssmax_final10":
     if not 0.0 < recipe.switch_fraction < 1.0:
@@ -281,7 +282,8 @@ def _train_phase(ph: Phase) -> dict:
     cfg = dataclasses.replace(cfg, attention=ph.config.switch.attention)
   return dict(
       workdir=os.path.abspath(ph.workdir), attention=cfg.attention, init_from=ph.init_from,
-      steps=out["step"], resumed_from_step=before[-1] if before else None,
+      steps=out["step"], planned_steps=t.num_steps, stopped_early=bool(out.get("stopped")),
+      resumed_from_step=before[-1] if before else None,
       tokens=out["step"] * t.batch_size * t.seq_len, batch_size=t.batch_size, seq_len=t.seq_len,
       params=int(count_params(abstract_model(cfg))),
       switch_step=ph.config.switch.step if ph.config.switch.step >= 0 else None,

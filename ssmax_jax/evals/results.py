@@ -414,6 +414,8 @@ def render(found, out_path: str, *, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_L
     s = r["summary"]
     status = ("run" if r["at_scale"] else "below scale") + (
         f" ({r['kind']}" + (f" from {r['init_from']})" if r.get("init_from") else ")"))
+    if r.get("stopped_early"):  # recipe.train_minutes ran out before the planned steps
+      status += f", stopped by the time limit at step {r['steps']} of {r['planned_steps']}"
     lines.append(
         f"| {name} | {status} | {s['preset']} | {r['tokens']:,} | {r['seq_len']} | "
         f"{r['params']:,} | {r['steps']} | {_fmt(r.get('wall_s'), '.0f')} | "

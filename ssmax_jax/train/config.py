@@ -54,6 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Trace profile_steps steps from this step on (-1: never) into WORKDIR/profile and print device
   # time by kernel (ssmax_jax/train/profiling.py); the trace opens in TensorBoard/XProf.
   c.train.profile_at_step = -1
+  # Stop (saving a checkpoint) at the first log step after this many minutes of training; 0: no
+  # limit. A run stopped so resumes like one stopped by SIGTERM.
+  c.train.max_minutes = 0.0
   c.train.profile_steps = 3
 
   c.optimizer = ml_collections.ConfigDict()
@@ -137,6 +140,8 @@ def validate(config) -> TransformerConfig:
   if t.batch_size % t.grad_accum_steps:
     raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by "
                      f"config.train.grad_accum_steps={t.grad_accum_steps}.")
+  if t.max_minutes < 0:
+    raise ValueError(f"config.train.max_minutes={t.max_minutes} must be >= 0 (0: no limit).")
   if t.profile_at_step < -1 or t.profile_at_step + t.profile_steps > t.num_steps:
     raise ValueError(f"config.train.profile_at_step={t.profile_at_step} with profile_steps="
                      f"{t.profile_steps} must lie within the {t.num_steps} steps (or be -1).")

@@ -41,6 +41,16 @@ def _peak_flops(config) -> float | None:
   return None if per_device is None else per_device * 1e12 * jax.device_count()
 
 
+def _past(deadline: float) -> bool:
+  """Whether the wall-clock deadline has passed, as process 0 sees it (every process stops at
+  the same step, so none waits in a collective for the others)."""
+  past = np.asarray(time.monotonic() > deadline)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    past = multihost_utils.broadcast_one_to_all(past)
+  return bool(past)
+
+
 def _check_run(config, cfg, mesh):
   """Checks that need the devices: batch split, vocabulary, the init run."""
   t = config.train
@@ -216,6 +226,7 @@ def train(config, workdir: str) -> dict:
   writer.message(f"{num_params:,} parameters, attention {st.attention!r}, mesh "
                  f"{dict(mesh.shape)}, starting at step {step} of {t.num_steps}.")
   stop = {"signal": None}
+  deadline = time.monotonic() + 60.0 * t.max_minutes if t.max_minutes > 0 else None
   previous = signal.getsignal(signal.SIGTERM)
   signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
   batch_sharding = mesh_lib.batch_sharding(mesh)
@@ -251,6 +262,8 @@ def train(config, workdir: str) -> dict:
         if t_mark is None:  # the first step includes compilation: time from its end
           jax.block_until_ready(metrics)
           t_mark, step_mark, input_wait = time.perf_counter(), step, 0.0
+        if deadline is not None and step % t.log_every == 0 and _past(deadline):
+          stop["signal"] = "time limit"
         save = (step % config.checkpoint.every_steps == 0 or step == t.num_steps
                 or stop["signal"] is not None)
         if not (save or step % t.log_every == 0):
@@ -285,7 +298,9 @@ def train(config, workdir: str) -> dict:
           ckpt.save(step, st.state[0], st.state[1], meta, batches)
           last_saved = step
         if stop["signal"] is not None:
-          writer.message(f"signal {stop['signal']}: saved step {step} and stopped.")
+          why = (f"time limit of {t.max_minutes:g} min" if stop["signal"] == "time limit"
+                 else f"signal {stop['signal']}")
+          writer.message(f"{why}: saved step {step} and stopped.")
           break
   finally:
     if tracing:  # stopped (signal, NaN) inside the profiled steps: close the trace
