@@ -122,7 +122,8 @@ def measure(config) -> dict:
   num_params = count_params(st.objects()[0])
   tps = B * T / dt
   peak = trainer._peak_flops(config)
-  return dict(params=num_params, init_s=init_s, compile_s=compile_s, profile=profile, **parts, step_ms=dt * 1e3, tokens_per_s=tps,
+  return dict(params=num_params, init_s=init_s, compile_s=compile_s, profile=profile, **parts,
+              step_ms=dt * 1e3, tokens_per_s=tps,
               mfu=tps * flops_per_token(cfg, num_params, T) / peak if peak else None, loss=loss)
 
 
@@ -190,7 +191,7 @@ def main(argv):
     if r["profile"] is not None:
       print(profiling.format_summary(r["profile"]), flush=True)
     rows.append((name, r))
-  print(f"\n| configuration | step ms | tokens/s | MFU |\n|---|---|---|---|")
+  print("\n| configuration | step ms | tokens/s | MFU |\n|---|---|---|---|")
   for name, r in rows:
     mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.3f}"
     print(f"| {name} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} |")

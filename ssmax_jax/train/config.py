@@ -54,10 +54,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Trace profile_steps steps from this step on (-1: never) into WORKDIR/profile and print device
   # time by kernel (ssmax_jax/train/profiling.py); the trace opens in TensorBoard/XProf.
   c.train.profile_at_step = -1
+  c.train.profile_steps = 3
   # Stop (saving a checkpoint) at the first log step after this many minutes of training; 0: no
   # limit. A run stopped so resumes like one stopped by SIGTERM.
   c.train.max_minutes = 0.0
-  c.train.profile_steps = 3
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 6e-4

@@ -6,7 +6,6 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -225,10 +224,10 @@ def train(config, workdir: str) -> dict:
   writer = MetricsWriter(workdir, t.num_steps, step, progress_bar=t.progress_bar)
   writer.message(f"{num_params:,} parameters, attention {st.attention!r}, mesh "
                  f"{dict(mesh.shape)}, starting at step {step} of {t.num_steps}.")
-  stop = {"signal": None}
+  stop = {"reason": None}  # set by SIGTERM or the time limit; the loop saves and stops
   deadline = time.monotonic() + 60.0 * t.max_minutes if t.max_minutes > 0 else None
   previous = signal.getsignal(signal.SIGTERM)
-  signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
+  signal.signal(signal.SIGTERM, lambda signum, _: stop.update(reason=f"signal {signum}"))
   batch_sharding = mesh_lib.batch_sharding(mesh)
   tokens_per_step = t.batch_size * t.seq_len
   last_saved = step if ckpt.steps() else None
@@ -263,9 +262,9 @@ def train(config, workdir: str) -> dict:
           jax.block_until_ready(metrics)
           t_mark, step_mark, input_wait = time.perf_counter(), step, 0.0
         if deadline is not None and step % t.log_every == 0 and _past(deadline):
-          stop["signal"] = "time limit"
+          stop["reason"] = f"time limit of {t.max_minutes:g} min"
         save = (step % config.checkpoint.every_steps == 0 or step == t.num_steps
-                or stop["signal"] is not None)
+                or stop["reason"] is not None)
         if not (save or step % t.log_every == 0):
           continue
         values = jax.device_get(pending)  # the only host sync: every log_every steps
@@ -297,10 +296,8 @@ def train(config, workdir: str) -> dict:
           meta = {"step": step, "attention": st.attention, "seed": config.seed}
           ckpt.save(step, st.state[0], st.state[1], meta, batches)
           last_saved = step
-        if stop["signal"] is not None:
-          why = (f"time limit of {t.max_minutes:g} min" if stop["signal"] == "time limit"
-                 else f"signal {stop['signal']}")
-          writer.message(f"{why}: saved step {step} and stopped.")
+        if stop["reason"] is not None:
+          writer.message(f"{stop['reason']}: saved step {step} and stopped.")
           break
   finally:
     if tracing:  # stopped (signal, NaN) inside the profiled steps: close the trace
@@ -312,4 +309,4 @@ def train(config, workdir: str) -> dict:
     batches.close()  # stops grain's worker processes
   if config.sample.num_tokens > 0 and jax.process_index() == 0:
     _print_sample(st.objects()[0], config)
-  return {"step": step, "loss": float(last["loss"]), "stopped": stop["signal"] is not None}
+  return {"step": step, "loss": float(last["loss"]), "stopped": stop["reason"] is not None}
