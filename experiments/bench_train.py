@@ -43,6 +43,7 @@ _ATTENTION = flags.DEFINE_list("attention", ["softmax", "ssmax"], "Attention var
 _VOCAB_PAD = flags.DEFINE_list("vocab_pad", ["64", "1"], "model.vocab_pad_multiple values.")
 _CHUNK = flags.DEFINE_list("chunk", ["8192"], "train.loss_chunk_tokens values.")
 _REMAT = flags.DEFINE_list("remat", ["false"], "model.remat values.")
+_LOGITS = flags.DEFINE_list("logits_dtype", ["float32"], "train.loss_logits_dtype values.")
 _SMALL = flags.DEFINE_bool("small", False, "A tiny model for a CPU smoke test.")
 _MODEL = flags.DEFINE_enum("model", "paper_162m", ["paper_162m", "h200_small"],
                            "The model: configs/paper_162m.py, or the h200_small preset of "
@@ -60,7 +61,7 @@ _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time the loss forward a
                                "forward+backward without the optimizer update.")
 
 
-def _config(attention, vocab_pad, chunk, remat):
+def _config(attention, vocab_pad, chunk, remat, logits_dtype):
   if _MODEL.value == "paper_162m":
     c = paper_162m.get_config()
   else:
@@ -68,7 +69,7 @@ def _config(attention, vocab_pad, chunk, remat):
     del c["recipe"]
   c.model.update(attention=attention, vocab_pad_multiple=vocab_pad, remat=remat)
   c.train.update(batch_size=_BATCH.value, seq_len=_SEQ.value, grad_accum_steps=1,
-                 loss_chunk_tokens=chunk)
+                 loss_chunk_tokens=chunk, loss_logits_dtype=logits_dtype)
   c.mesh.shape = (1, 1, 1)
   if _SMALL.value:
     c.model.update(vocab_size=512, d_model=64, num_layers=2, num_heads=4, d_ff=128,
@@ -140,7 +141,8 @@ def _time_parts(st, batch, config, mesh) -> dict:
   """ms of the loss forward alone and of forward+backward (no optimizer) on the same batch."""
   model = st.objects()[0]
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  kw = dict(chunk_tokens=config.train.loss_chunk_tokens, use_segments=config.data.packing)
+  kw = dict(chunk_tokens=config.train.loss_chunk_tokens, use_segments=config.data.packing,
+            logits_dtype=config.train.loss_logits_dtype)
 
   def loss(params):
     return loss_sum(nnx.merge(graphdef, params, rest), batch, **kw)[0]
@@ -178,10 +180,11 @@ def main(argv):
   print(f"jax {jax.__version__}, {device.platform} {device.device_kind}, "
         f"batch {_BATCH.value} x {_SEQ.value}", flush=True)
   rows = []
-  for attention, pad, chunk, remat in itertools.product(
-      _ATTENTION.value, _VOCAB_PAD.value, _CHUNK.value, _REMAT.value):
-    name = f"attention={attention} vocab_pad={pad} chunk={chunk} remat={remat}"
-    r = measure(_config(attention, int(pad), int(chunk), remat.lower() == "true"))
+  for attention, pad, chunk, remat, logits in itertools.product(
+      _ATTENTION.value, _VOCAB_PAD.value, _CHUNK.value, _REMAT.value, _LOGITS.value):
+    name = (f"attention={attention} vocab_pad={pad} chunk={chunk} remat={remat} "
+            f"logits={logits}")
+    r = measure(_config(attention, int(pad), int(chunk), remat.lower() == "true", logits))
     mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.3f}"
     parts = "".join(f" {k}={r[k]:.1f}" for k in ("forward_ms", "forward_backward_ms") if k in r)
     print(f"{name}: params={r['params'] / 1e6:.1f}M init={r['init_s']:.0f}s "

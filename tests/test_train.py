@@ -48,6 +48,28 @@ def test_fused_cross_entropy_matches_reference_with_padded_vocab():
       np.testing.assert_allclose(g, r, atol=1e-5)
 
 
+def test_cross_entropy_with_bf16_logits_is_the_loss_of_rounded_logits():
+  k = jax.random.split(jax.random.key(1), 3)
+  B, T, D, V = 2, 8, 16, 40
+  h, w = jax.random.normal(k[0], (B, T, D)), jax.random.normal(k[1], (D, V))
+  targets = jax.random.randint(k[2], (B, T), 0, V)
+  mask = jnp.ones((B, T), jnp.float32)
+
+  def rounded(h, w):  # the loss of bf16-rounded logits; the rounding passes gradients unchanged
+    logits = h @ w
+    logits += jax.lax.stop_gradient(logits.astype(jnp.bfloat16).astype(jnp.float32) - logits)
+    return reference_cross_entropy_sum(logits, targets, mask)
+
+  bf16 = lambda h, w: cross_entropy_sum(h, w, targets, mask, V, 8, "bfloat16")
+  np.testing.assert_allclose(bf16(h, w), rounded(h, w), rtol=1e-6)
+  exact = cross_entropy_sum(h, w, targets, mask, V, 8)
+  assert abs(float(bf16(h, w) - exact)) > 1e-4  # the rounding is really there
+  for g, r in zip(jax.grad(bf16, (0, 1))(h, w), jax.grad(rounded, (0, 1))(h, w)):
+    np.testing.assert_allclose(g, r, atol=1e-5)
+  with pytest.raises(ValueError, match="logits_dtype='float16' is not supported"):
+    cross_entropy_sum(h, w, targets, mask, V, 8, "float16")
+
+
 def test_tiny_trains_and_logs_s_per_layer_and_head(tmp_path, capsys):
   result = train(_config(train=dict(profile_at_step=12, profile_steps=2)), str(tmp_path))
   records = read_metrics(str(tmp_path))
@@ -105,6 +127,7 @@ def _add_key(group, key):
     (lambda c: c.model.update(attention="sparsemax"), "variant='sparsemax' is unknown"),
     (lambda c: c.train.update(profile_at_step=19, profile_steps=3), "profile_at_step=19"),
     (lambda c: c.train.update(max_minutes=-1.0), "max_minutes=-1.0 must be >= 0"),
+    (lambda c: c.train.update(loss_logits_dtype="fp8"), "loss_logits_dtype='fp8'"),
 ])
 def test_bad_config_stops_before_training(tmp_path, change, message):
   config = _config()

@@ -10,6 +10,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from ssmax_jax.models.transformer import TransformerConfig
+from ssmax_jax.train.loss import LOGITS_DTYPES
 
 SCHEDULES = ("constant", "cosine")
 DATA_KINDS = ("lm", "needle")
@@ -48,6 +49,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.seq_len = 1024
   c.train.grad_accum_steps = 1
   c.train.loss_chunk_tokens = 8192  # the loss materialises [chunk, vocab] logits at a time
+  # Storage of those logits: 'float32', or 'bfloat16' (half the loss's memory traffic, as in
+  # most training stacks); the loss itself is always computed in float32 (train/loss.py).
+  c.train.loss_logits_dtype = "float32"
   c.train.log_every = 10
   c.train.peak_tflops = config_dict.placeholder(float)  # per device; None: known devices only
   c.train.progress_bar = True
@@ -145,6 +149,9 @@ def validate(config) -> TransformerConfig:
   if t.profile_at_step < -1 or t.profile_at_step + t.profile_steps > t.num_steps:
     raise ValueError(f"config.train.profile_at_step={t.profile_at_step} with profile_steps="
                      f"{t.profile_steps} must lie within the {t.num_steps} steps (or be -1).")
+  if t.loss_logits_dtype not in LOGITS_DTYPES:
+    raise ValueError(f"config.train.loss_logits_dtype={t.loss_logits_dtype!r}; choose one of "
+                     f"{LOGITS_DTYPES}.")
   if o.schedule not in SCHEDULES:
     raise ValueError(f"config.optimizer.schedule={o.schedule!r}; choose one of {SCHEDULES}.")
   if o.lr <= 0 or o.warmup_steps < 0 or o.clip_norm < 0 or o.weight_decay < 0:

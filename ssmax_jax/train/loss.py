@@ -5,11 +5,16 @@ At batch 32 x 1024 the paper model's float32 logits take 6.6 GB; here they exist
 states and the output matrix (softmax - one-hot is known once the chunk's logits are), so the
 backward pass is a multiplication by the incoming cotangent: three matmuls per chunk in total,
 as for the unchunked loss, and no recomputation.
+
+The logits are stored in `logits_dtype` between the matmul and the reductions (float32 by
+default; bfloat16 halves the loss's memory traffic, as computing the output layer in bf16 does in
+most training stacks); the reductions and the probabilities are always computed in float32.
 """
 import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ssmax_jax.nn.partitioning import shard
 
@@ -23,8 +28,18 @@ def _num_chunks(B, T, chunk_tokens):
   return T
 
 
+LOGITS_DTYPES = ("float32", "bfloat16")
+_SCAN_UNROLL = False  # True: chunks as straight-line code (no device loop) -- A/B on the GPU
+
+
+def check_logits_dtype(logits_dtype):
+  if str(np.dtype(logits_dtype)) not in LOGITS_DTYPES:
+    raise ValueError(f"logits_dtype={logits_dtype!r} is not supported; choose one of "
+                     f"{', '.join(map(repr, LOGITS_DTYPES))}.")
+
+
 def _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens,
-                   with_grads=True):
+                   logits_dtype="float32", with_grads=True):
   """Returns (sum of weighted losses, dloss/dh [B,T,D], dloss/dw [D,V] float32)."""
   B, T, D = h_BTD.shape
   V = w_DV.shape[1]
@@ -37,8 +52,8 @@ def _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens
   def body(carry, xs):
     loss_sum, dw_DV = carry
     h_BtD, tgt_Bt, wt_Bt = xs
-    logits_BtV = jnp.einsum("btd,dv->btv", h_BtD, w_c, preferred_element_type=jnp.float32)
-    logits_BtV = shard(logits_BtV, ("act_batch", "act_seq", "act_vocab"))
+    logits_BtV = jnp.einsum("btd,dv->btv", h_BtD, w_c, preferred_element_type=logits_dtype)
+    logits_BtV = shard(logits_BtV, ("act_batch", "act_seq", "act_vocab")).astype(jnp.float32)
     if V > vocab_size:  # padding columns take no probability
       logits_BtV = jnp.where(jnp.arange(V) < vocab_size, logits_BtV, -jnp.inf)
     lse_Bt = jax.nn.logsumexp(logits_BtV, axis=-1)
@@ -58,33 +73,37 @@ def _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens
   xs = (chunks(h_BTD), chunks(targets_BT), chunks(weights_BT.astype(jnp.float32)))
   if not with_grads:
     init = (init[0], jnp.zeros((), jnp.float32))
-  (loss_sum, dw_DV), dh_CBtD = jax.lax.scan(body, init, xs)
+  (loss_sum, dw_DV), dh_CBtD = jax.lax.scan(body, init, xs, unroll=_SCAN_UNROLL)
   if not with_grads:
     return loss_sum, None, None
   dh_BTD = jnp.moveaxis(dh_CBtD, 0, 1).reshape(B, T, D)
   return loss_sum, dh_BTD, dw_DV
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def cross_entropy_sum(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens=8192):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def cross_entropy_sum(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens=8192,
+                      logits_dtype="float32"):
   """sum over tokens of weights * -log softmax(h @ w)[target], float32 scalar.
 
   h_BTD: hidden states in the compute dtype; w_DV: the output matrix (any float dtype, applied
   in h's dtype), V >= vocab_size: columns from vocab_size on are padding and never predicted;
-  targets_BT int; weights_BT: per-token loss weights (the loss mask). Differentiable in h and w.
+  targets_BT int; weights_BT: per-token loss weights (the loss mask); logits_dtype: 'float32'
+  or 'bfloat16' (module doc). Differentiable in h and w.
   """
+  check_logits_dtype(logits_dtype)
   return _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens,
-                        with_grads=False)[0]
+                        logits_dtype, with_grads=False)[0]
 
 
-def _fwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens):
+def _fwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens, logits_dtype):
+  check_logits_dtype(logits_dtype)
   loss_sum, dh_BTD, dw_DV = _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size,
-                                           chunk_tokens)
+                                           chunk_tokens, logits_dtype)
   return loss_sum, (dh_BTD, dw_DV.astype(w_DV.dtype))
 
 
-def _bwd(vocab_size, chunk_tokens, residuals, g):
-  del vocab_size, chunk_tokens
+def _bwd(vocab_size, chunk_tokens, logits_dtype, residuals, g):
+  del vocab_size, chunk_tokens, logits_dtype
   dh_BTD, dw_DV = residuals
   return (dh_BTD * g.astype(dh_BTD.dtype), dw_DV * g.astype(dw_DV.dtype), None, None)
 

@@ -11,14 +11,15 @@ from ssmax_jax.train.loss import cross_entropy_sum
 METRICS = ("loss", "grad_norm", "tokens")
 
 
-def loss_sum(model, batch, *, chunk_tokens=8192, use_segments=True):
+def loss_sum(model, batch, *, chunk_tokens=8192, use_segments=True, logits_dtype="float32"):
   """(sum of masked next-token losses, number of loss tokens) of a batch dict."""
   kwargs = {}
   if use_segments:  # packed documents: positions and attention (and n) restart per document
     kwargs = dict(positions_BT=batch["positions"], segment_ids_BT=batch["segment_ids"])
   h_BTD = model.hidden(batch["inputs"], **kwargs)
   loss = cross_entropy_sum(h_BTD, model.lm_head.kernel[...], batch["targets"],
-                           batch["loss_mask"], model.config.vocab_size, chunk_tokens)
+                           batch["loss_mask"], model.config.vocab_size, chunk_tokens,
+                           logits_dtype)
   return loss, jnp.sum(batch["loss_mask"])
 
 
@@ -43,7 +44,8 @@ def _microbatches(batch, accum):
 
 
 def make_train_step(graphdef, state_shardings, batch_sharding, metrics_sharding, *,
-                    grad_accum_steps=1, chunk_tokens=8192, use_segments=True):
+                    grad_accum_steps=1, chunk_tokens=8192, use_segments=True,
+                    logits_dtype="float32"):
   """Returns step(state, batch) -> (state, metrics), jitted with donated state.
 
   state: nnx.state((model, optimizer)) for `graphdef`; batch: dict of [B,T] arrays (global).
@@ -58,7 +60,8 @@ def make_train_step(graphdef, state_shardings, batch_sharding, metrics_sharding,
 
     def mean_loss(params, micro):
       m = nnx.merge(model_def, params, rest)
-      return loss_sum(m, micro, chunk_tokens=chunk_tokens, use_segments=use_segments)[0] / denom
+      return loss_sum(m, micro, chunk_tokens=chunk_tokens, use_segments=use_segments,
+                      logits_dtype=logits_dtype)[0] / denom
 
     grad_fn = jax.value_and_grad(mean_loss)
     if grad_accum_steps == 1:

@@ -125,7 +125,8 @@ class _State:
     self.step_fn = make_train_step(
         graphdef, self.shardings, mesh_lib.batch_sharding(self.mesh),
         mesh_lib.replicated(self.mesh), grad_accum_steps=t.grad_accum_steps,
-        chunk_tokens=t.loss_chunk_tokens, use_segments=self.config.data.packing)
+        chunk_tokens=t.loss_chunk_tokens, use_segments=self.config.data.packing,
+        logits_dtype=t.loss_logits_dtype)
 
   def objects(self):
     return nnx.merge(self.graphdef, self.state)
