@@ -36,6 +36,17 @@ def _recipe(**eval_overrides):
   # AdamW, same lr, 10% warm-up), for this fraction of `tokens`.
   r.continue_fraction = 0.05
   r.switch_fraction = 0.1  # (f) ssmax_final10: SSMax for this final fraction of the steps
+  # The paper fine-tunes on needle retrieval (Table 3) before the needle grid: every trained
+  # model gets `steps` of it (0: the needle grid and attention analysis read the pretrained
+  # models). Loss on the answer tokens only; contexts drawn from [min_context, seq_len + 1];
+  # haystacks from the training split. The loss by position reads the pretrained models.
+  f = ml_collections.ConfigDict()
+  f.steps = 300
+  f.batch_size = 128
+  f.seq_len = 0  # 0: the pretraining sequence length (the paper: 1,024 for both)
+  f.lr = 2e-5  # cosine to 0, no warm-up; AdamW (0.9, 0.999), no weight decay, clip 1.0
+  f.min_context = 256
+  r.needle_finetune = f
   # Minutes of pretraining after which the run saves and stops (0: none), so that a call that
   # trains slower than planned still evaluates and returns its results inside the device
   # call's limit; such a run has fewer tokens than `tokens` and the report says so.
@@ -82,6 +93,8 @@ def get_config(preset="h200_small"):
                        needle_trials=2, needle_batch_size=2, attention_multiple=5.0,
                        attention_trials=2, attention_batch_size=2)
     c.recipe.update(corpus="shakespeare", tokens=30.0 * 8 * 64, continue_fraction=0.2)
+    c.recipe.needle_finetune.update(steps=3, batch_size=4, seq_len=192, lr=1e-3,
+                                    min_context=160)  # byte prompts need ~140 tokens
   elif preset == "h200_small":
     c.model.update(vocab_size=50257, d_model=256, num_layers=8, num_heads=4, d_ff=1024,
                    attention="softmax", dtype="bfloat16", param_dtype="float32",

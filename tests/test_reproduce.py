@@ -218,8 +218,8 @@ def test_presets_and_plans():
     recipe.check_variant("bogus")
 
   c = presets.get_config("h200_small")
-  phases, models = recipe.plan(c, "softmax", "/w", "/data")
-  a, e = phases
+  phases, models, retrieval = recipe.plan(c, "softmax", "/w", "/data")
+  a, e, a_needle, e_needle = phases
   assert a.config.model.attention == "softmax" and a.config.data.source == "/data"
   assert a.config.train.num_steps * 128 * 1024 >= 5e8 and a.config.train.seq_len >= 512
   assert a.config.train.max_minutes == 6.5 and e.config.train.max_minutes == 0.0
@@ -228,6 +228,18 @@ def test_presets_and_plans():
   assert [m for m, _ in models] == ["softmax", "softmax_then_ssmax", "qwen_logn",
                                     "llama4_temperature"]
   assert models[2][1] == "qwen_logn=/w/softmax:qwen_logn"
+  # Needle grid and attention analysis: the same labels after the paper's needle fine-tuning.
+  assert [m for m, _ in retrieval] == [m for m, _ in models]
+  assert retrieval[:3] == [("softmax", "softmax=/w/softmax_needle"),
+                           ("softmax_then_ssmax", "softmax_then_ssmax=/w/softmax_then_ssmax_needle"),
+                           ("qwen_logn", "qwen_logn=/w/softmax_needle:qwen_logn")]
+  for tuned, parent in ((a_needle, a), (e_needle, e)):
+    t, o = tuned.config.train, tuned.config.optimizer
+    assert tuned.init_from == parent.label and tuned.config.init.workdir == parent.workdir
+    assert tuned.config.data.kind == "needle" and tuned.config.model.attention == (
+        parent.config.model.attention)
+    assert (t.num_steps, t.batch_size, t.seq_len, o.lr, o.b2, o.weight_decay, o.schedule) == (
+        300, 128, 1024, 2e-5, 0.999, 0.0, "cosine")
   from ssmax_jax.models.transformer import count_params
   from ssmax_jax.train import validate
   from ssmax_jax.train.checkpoint import abstract_model
@@ -235,20 +247,22 @@ def test_presets_and_plans():
   assert 20e6 <= params <= 40e6, params
   assert abstract_model(validate(a.config)).config.padded_vocab_size == 50304
 
-  (f,), _ = recipe.plan(c, "ssmax_final10", "/w", "/data")
+  (f, f_needle), _, _ = recipe.plan(c, "ssmax_final10", "/w", "/data")
   n = f.config.train.num_steps
   assert f.config.model.attention == "softmax" and f.config.switch.attention == "ssmax"
   assert f.config.switch.step == round(0.9 * n)
-  (b,), models = recipe.plan(c, "ssmax_bias", "/w", "/data")
-  assert b.config.model.attention == "ssmax_bias" and models == [("ssmax_bias",
-                                                                  "ssmax_bias=/w/ssmax_bias")]
+  assert f_needle.config.model.attention == "ssmax" and f_needle.config.switch.step == -1
+  c.recipe.needle_finetune.steps = 0  # no fine-tuning: every evaluation reads the pretrained model
+  (b,), models, retrieval = recipe.plan(c, "ssmax_bias", "/w", "/data")
+  assert b.config.model.attention == "ssmax_bias" and models == retrieval == [
+      ("ssmax_bias", "ssmax_bias=/w/ssmax_bias")]
   assert "recipe" not in b.config and "recipe" in c
 
 
 def test_workdir_of_another_run_is_refused(tmp_path):
   from ssmax_jax.train.config import to_json
   c = presets.get_config("cpu_tiny")
-  (ph,), _ = recipe.plan(c, "ssmax", str(tmp_path), "shakespeare")
+  ph = recipe.plan(c, "ssmax", str(tmp_path), "shakespeare")[0][0]
   corpus = dict(validation_tokens=10**6)
   recipe.check_plan([ph], c.recipe, corpus)  # nothing there yet
   os.makedirs(os.path.join(ph.workdir, "checkpoints", "30"))
@@ -266,7 +280,7 @@ def test_workdir_of_another_run_is_refused(tmp_path):
   os.makedirs(os.path.join(ph.workdir, "checkpoints", "50"))
   with pytest.raises(ValueError, match="checkpoint at step 50, beyond this plan's 30 steps"):
     recipe.check_plan([ph], c.recipe, corpus)
-  fresh, _ = recipe.plan(c, "ssmax", str(tmp_path / "x"), "shakespeare")
+  fresh = recipe.plan(c, "ssmax", str(tmp_path / "x"), "shakespeare")[0]
   with pytest.raises(ValueError, match="validation split has 100 tokens"):
     recipe.check_plan(fresh, c.recipe, dict(validation_tokens=100))
   c.recipe.eval.needle_multiples = (1.0,)
@@ -314,8 +328,13 @@ def test_cpu_tiny_end_to_end(tmp_path):
     assert set(m["metrics"]["loss"]["50"]) == {"1", "5", "20"}
     assert set(m["metrics"]["needle"]["50"]) == {"5", "10"}
   assert s["models"]["softmax_then_ssmax"]["metrics"]["learned_s"]["s_mean"] > 0
-  assert {"prep", "train_softmax", "train_softmax_then_ssmax", "eval_needle",
-          "total"} <= set(s["wall_s"])
+  # Needle grid and attention read the needle-fine-tuned models (qwen/llama4: the softmax one).
+  tuned = {k: m["needle_finetune"] for k, m in s["models"].items()}
+  assert all(t["steps"] == 3 and t["seq_len"] == 192 for t in tuned.values())
+  assert tuned["qwen_logn"] == tuned["softmax"] != tuned["softmax_then_ssmax"]
+  assert s["needle_finetune_config"]["data"]["kind"] == "needle"
+  assert {"prep", "train_softmax", "train_softmax_then_ssmax", "train_softmax_needle",
+          "eval_needle", "total"} <= set(s["wall_s"])
   assert s["versions"]["jax"] and s["device"]["kind"]
   lbp = json.loads((out / "loss_by_position.json").read_text())
   assert "loss_per_position" not in lbp["results"][0]["curves"][0]

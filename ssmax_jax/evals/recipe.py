@@ -38,6 +38,7 @@ import numpy as np
 from ssmax_jax.evals import common, needle, results, runner
 
 FORMAT = "ssmax_jax.reproduce.v1"
+NEEDLE_SUFFIX = "_needle"  # label and workdir suffix of a model's needle fine-tuning phase
 SUMMARY_FILE = "summary.json"
 OUTPUT_FILES = ("summary.json", "loss_by_position.json", "loss_by_position.png", "needle.json",
                 "needle.png", "attention.json", "attention.png", "learned_s.json")
@@ -85,9 +86,29 @@ def steps_for(tokens: float, batch_size: int, seq_len: int) -> int:
   return max(1, math.ceil(float(tokens) / (batch_size * seq_len)))
 
 
+def _needle_finetune_phase(parent: Phase, ft) -> Phase:
+  """The paper's needle fine-tuning (Table 3) of a trained phase's model: a fresh AdamW
+  (0.9, 0.999) without weight decay, clip 1.0, cosine from ft.lr to 0, loss on answers only."""
+  c = copy.deepcopy(parent.config)
+  if c.switch.step >= 0:  # (f): the model ends with the switched-to variant
+    c.model.attention = c.switch.attention
+    c.switch.step = -1
+  c.init.workdir = parent.workdir
+  c.data.update(kind="needle", needle_min_context=ft.min_context)
+  c.train.update(num_steps=ft.steps, batch_size=ft.batch_size, seq_len=ft.seq_len or
+                 c.train.seq_len, grad_accum_steps=1, max_minutes=0.0)
+  c.optimizer.update(lr=ft.lr, b1=0.9, b2=0.999, weight_decay=0.0, clip_norm=1.0,
+                     schedule="cosine", warmup_steps=0, final_lr_ratio=0.0)
+  return Phase(f"{parent.label}{NEEDLE_SUFFIX}", c, f"{parent.workdir}{NEEDLE_SUFFIX}",
+               init_from=parent.label)
+
+
 def plan(config, variant: str, workdir: str, data_source: str):
-  """(phases, models): the training phases of `variant` and the models evaluated, as
-  [(label, spec)] with spec `LABEL=WORKDIR[:VARIANT]` (docs/evaluations.md). Pure."""
+  """(phases, models, retrieval_models): the training phases of `variant` and the models
+  evaluated, as [(label, spec)] with spec `LABEL=WORKDIR[:VARIANT]` (docs/evaluations.md):
+  `models` (pretrained) for the loss by position and learned s, `retrieval_models` (the same
+  labels after needle fine-tuning, or the pretrained ones without it) for the needle grid and
+  the attention to the needle. Pure."""
   check_variant(variant)
   base, recipe = split_config(config)
   base.data.source = data_source
@@ -107,7 +128,8 @@ def plan(config, variant: str, workdir: str, data_source: str):
     if num_steps < 2:
       raise ValueError(f"ssmax_final10 needs at least 2 steps; config.recipe.tokens="
                        f"{recipe.tokens:g} gives {num_steps}: raise it.")
-  models = [(variant, f"{variant}={phases[0].workdir}")]
+  # (label, the phase whose model it is, inference variant or "")
+  rows = [(variant, variant, "")]
   if variant == "softmax":
     if recipe.continue_fraction <= 0:
       raise ValueError(f"config.recipe.continue_fraction={recipe.continue_fraction} must be > 0 "
@@ -121,10 +143,19 @@ def plan(config, variant: str, workdir: str, data_source: str):
     cont.data.seed = base.data.seed + 1
     phases.append(Phase("softmax_then_ssmax", cont, os.path.join(workdir, "softmax_then_ssmax"),
                         init_from="softmax"))
-    models += [("softmax_then_ssmax", f"softmax_then_ssmax={phases[1].workdir}"),
-               ("qwen_logn", f"qwen_logn={phases[0].workdir}:qwen_logn"),
-               ("llama4_temperature", f"llama4_temperature={phases[0].workdir}:llama4_temperature")]
-  return phases, models
+    rows += [("softmax_then_ssmax", "softmax_then_ssmax", ""),
+             ("qwen_logn", "softmax", ":qwen_logn"),
+             ("llama4_temperature", "softmax", ":llama4_temperature")]
+  ft = recipe.needle_finetune
+  if ft.steps < 0:
+    raise ValueError(f"config.recipe.needle_finetune.steps={ft.steps} must be >= 0 (0: none).")
+  pretrained = {ph.label: ph.workdir for ph in phases}
+  tuned = [_needle_finetune_phase(ph, ft) for ph in phases] if ft.steps else []
+  retrieval_dirs = {ph.init_from: ph.workdir for ph in tuned} or pretrained
+  models = [(label, f"{label}={pretrained[src]}{inference}") for label, src, inference in rows]
+  retrieval = [(label, f"{label}={retrieval_dirs[src]}{inference}")
+               for label, src, inference in rows]
+  return phases + tuned, models, retrieval
 
 
 # --- Corpus ---------------------------------------------------------------------------------------
@@ -415,7 +446,7 @@ def run(config, variant: str, out_dir: str, *, workdir: str, data_dir: str, comm
   t0 = time.perf_counter()
   source, corpus = prepare_corpus(recipe, config.data.tokenizer, data_dir)
   wall["prep"] = round(time.perf_counter() - t0, 2)
-  phases, models = plan(config, variant, workdir, source)
+  phases, models, retrieval = plan(config, variant, workdir, source)
   check_plan(phases, recipe, corpus)
   print(f"reproduce {variant} ({recipe.preset}): corpus {corpus['name']} "
         f"({corpus['train_tokens']:,} train / {corpus['validation_tokens']:,} validation tokens, "
@@ -442,6 +473,7 @@ def run(config, variant: str, out_dir: str, *, workdir: str, data_dir: str, comm
 
   e = recipe.eval
   specs = [spec for _, spec in models]
+  retrieval_specs = [spec for _, spec in retrieval]
   eval_dir = os.path.join(workdir, "eval")
   kw = dict(show_progress=show_progress)
   docs = {}
@@ -455,13 +487,13 @@ def run(config, variant: str, out_dir: str, *, workdir: str, data_dir: str, comm
   wall["eval_loss_by_position"] = round(time.perf_counter() - t0, 2)
   t0 = time.perf_counter()
   docs["needle"] = runner.run_needle(
-      specs, eval_dir, multiples=tuple(e.needle_multiples), depths=tuple(e.needle_depths),
+      retrieval_specs, eval_dir, multiples=tuple(e.needle_multiples), depths=tuple(e.needle_depths),
       trials=e.needle_trials, theta_scales=tuple(e.needle_theta_scales),
       batch_size=e.needle_batch_size, method=e.needle_method, **kw)
   wall["eval_needle"] = round(time.perf_counter() - t0, 2)
   t0 = time.perf_counter()
   docs["attention"] = runner.run_attention(
-      specs, eval_dir, multiple=e.attention_multiple, trials=e.attention_trials,
+      retrieval_specs, eval_dir, multiple=e.attention_multiple, trials=e.attention_trials,
       batch_size=e.attention_batch_size, **kw)
   wall["eval_attention"] = round(time.perf_counter() - t0, 2)
   t0 = time.perf_counter()
@@ -483,6 +515,11 @@ def run(config, variant: str, out_dir: str, *, workdir: str, data_dir: str, comm
                    **{k: base[k] for k in ("workdir", "steps", "tokens", "batch_size", "seq_len",
                                            "params")})
     entry.update(spec=spec, metrics=metrics[label])
+    source = entry["init_from"] if entry["kind"] == "inference" else label
+    tuned = trained.get(source + NEEDLE_SUFFIX)
+    if tuned is not None:  # the needle grid and attention analysis read this model
+      entry["needle_finetune"] = {k: tuned[k] for k in (
+          "workdir", "steps", "tokens", "batch_size", "seq_len", "final_train_loss", "wall_s")}
     entries[label] = entry
   summary = dict(
       format=FORMAT, variant=variant, preset=recipe.preset, command=command,
@@ -493,6 +530,10 @@ def run(config, variant: str, out_dir: str, *, workdir: str, data_dir: str, comm
       models=entries, files=list(OUTPUT_FILES), wall_s=wall)
   if variant == "softmax":
     summary["continue_config"] = json.loads(json.dumps(phases[1].config.to_dict(), default=str))
+  tuned = [ph for ph in phases if ph.label.endswith(NEEDLE_SUFFIX)]
+  if tuned:
+    summary["needle_finetune_config"] = json.loads(json.dumps(tuned[0].config.to_dict(),
+                                                              default=str))
   _write_outputs(eval_dir, out_dir, docs, metrics)
   wall["total"] = round(time.perf_counter() - t_start, 2)
   with open(os.path.join(out_dir, SUMMARY_FILE), "w") as f:
