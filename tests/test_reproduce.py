@@ -17,12 +17,15 @@ MULTIPLES = (1, 2, 5, 10, 20)
 
 
 def _model(label, *, loss, rise50, needle10, kind="trained", tokens=int(5e8), seq_len=1024,
-           needle1=0.9):
+           needle1=0.9, needle_finetuned=True):
   """A summary model entry: mean loss `loss` at 1x rising linearly to (1 + rise50) x at 20x
-  (theta x50), needle accuracy needle1 at 1x and needle10 from 10x on."""
+  (theta x50), needle accuracy needle1 at 1x and needle10 from 10x on (after needle
+  fine-tuning, or zero-shot)."""
   curve50 = {results.key(m): loss * (1 + rise50 * (m - 1) / 19) for m in MULTIPLES}
   curve1 = {results.key(m): loss * (1 + 0.5 * (m - 1) / 19) for m in MULTIPLES}
   acc = {results.key(m): needle1 if m < 10 else needle10 for m in MULTIPLES}
+  tuned = dict(needle_finetune=dict(steps=500, batch_size=128, seq_len=1024)
+               ) if needle_finetuned else {}
   return dict(kind=kind, attention=label, init_from=None, workdir="/w/" + label, steps=3815,
               tokens=tokens, batch_size=128, seq_len=seq_len, params=34_000_000,
               final_train_loss=loss, tokens_per_s=1.5e6, wall_s=330.0, spec=label,
@@ -30,7 +33,7 @@ def _model(label, *, loss, rise50, needle10, kind="trained", tokens=int(5e8), se
                            attention=dict(context_length=8192, top_head=dict(layer=1, head=2,
                                                                              mean=0.4),
                                           mean_over_heads=0.01),
-                           learned_s=dict(variant=label, s_mean=0.2)))
+                           learned_s=dict(variant=label, s_mean=0.2)), **tuned)
 
 
 def _summary(variant, models, preset="h200_small"):
@@ -87,6 +90,7 @@ def test_claims_follow_the_numbers(tmp_path):
   assert "(b) 2.9920 (-0.0080)" in text  # the numbers behind the verdict
   assert "[needle.png](ssmax/needle.png)" in text  # figure links relative to the page
   assert "not train on the same corpus" not in text
+  assert "| 500 steps of 128 x 1024 |" in text
   other = json.loads(open(os.path.join(dirs[1], "summary.json")).read())
   other["corpus"]["train_tokens"] = 2
   open(os.path.join(dirs[1], "summary.json"), "w").write(json.dumps(other))
@@ -135,6 +139,15 @@ def test_missing_or_small_variants_are_not_run(tmp_path):
   c = results.claims(results.rows(results.gather(_paper_like(tmp_path / "nl", ssmax=no_loss))))
   assert c[0]["verdict"] == "not run" and "no training loss recorded for ssmax" in c[0]["numbers"]
   assert c[1]["verdict"] == "reproduced"
+
+  # A zero-shot needle grid (no needle fine-tuning) is shown but counts in no claim.
+  zero = _model("ssmax", loss=2.99, rise50=0.0, needle10=0.0, needle_finetuned=False)
+  (tmp_path / "zs").mkdir()
+  zs_dirs = _paper_like(tmp_path / "zs", ssmax=zero)
+  c = results.claims(results.rows(results.gather(zs_dirs)))
+  assert c[2]["verdict"] == "not run" and c[0]["verdict"] == "reproduced"
+  text = results.render(results.gather(zs_dirs), str(tmp_path / "zs.md"))
+  assert "| *0.90* | *0.90* | *0.90* | *0.00* | *0.00* | 20 | none: zero-shot, not counted |" in text
 
   empty = results.render(results.gather([]), str(tmp_path / "none.md"))
   for name in results.VARIANTS.values():

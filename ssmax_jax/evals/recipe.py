@@ -86,7 +86,7 @@ def steps_for(tokens: float, batch_size: int, seq_len: int) -> int:
   return max(1, math.ceil(float(tokens) / (batch_size * seq_len)))
 
 
-def _needle_finetune_phase(parent: Phase, ft) -> Phase:
+def needle_finetune_phase(parent: Phase, ft) -> Phase:
   """The paper's needle fine-tuning (Table 3) of a trained phase's model: a fresh AdamW
   (0.9, 0.999) without weight decay, clip 1.0, cosine from ft.lr to 0, loss on answers only."""
   c = copy.deepcopy(parent.config)
@@ -150,7 +150,7 @@ def plan(config, variant: str, workdir: str, data_source: str):
   if ft.steps < 0:
     raise ValueError(f"config.recipe.needle_finetune.steps={ft.steps} must be >= 0 (0: none).")
   pretrained = {ph.label: ph.workdir for ph in phases}
-  tuned = [_needle_finetune_phase(ph, ft) for ph in phases] if ft.steps else []
+  tuned = [needle_finetune_phase(ph, ft) for ph in phases] if ft.steps else []
   retrieval_dirs = {ph.init_from: ph.workdir for ph in tuned} or pretrained
   models = [(label, f"{label}={pretrained[src]}{inference}") for label, src, inference in rows]
   retrieval = [(label, f"{label}={retrieval_dirs[src]}{inference}")
@@ -288,7 +288,7 @@ def check_plan(phases, recipe, corpus: dict):
 
 # --- Training -------------------------------------------------------------------------------------
 
-def _train_phase(ph: Phase) -> dict:
+def train_phase(ph: Phase) -> dict:
   from ssmax_jax.train import read_metrics, train
   from ssmax_jax.train.config import model_config
   from ssmax_jax.models.transformer import count_params
@@ -462,7 +462,7 @@ def run(config, variant: str, out_dir: str, *, workdir: str, data_dir: str, comm
       ph.config.distributed = False
   trained = {}
   for ph in phases:
-    trained[ph.label] = _train_phase(ph)
+    trained[ph.label] = train_phase(ph)
     wall[f"train_{ph.label}"] = trained[ph.label]["wall_s"]
     r = trained[ph.label]
     print(f"{ph.label}: {r['steps']} steps, {r['tokens']:,} tokens, final train loss "
