@@ -401,12 +401,16 @@ def versions() -> dict:
     with open(path, "rb") as f:
       h.update(os.path.relpath(path, root).encode() + b"\0" + f.read())
   out["source_sha256"] = h.hexdigest()[:16]
+  def git(*args):
+    return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=10,
+                          check=True).stdout.strip()
   try:
-    out["git_commit"] = subprocess.run(
-        ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-        check=True).stdout.strip() or None
+    out["git_commit"] = git("rev-parse", "HEAD") or None
+    # A copied working tree can sit on an older commit: then source_sha256 names the code.
+    out["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no", "--",
+                                "ssmax_jax", "configs"))
   except (OSError, subprocess.SubprocessError):
-    out["git_commit"] = None
+    out["git_commit"] = out["git_dirty"] = None
   return out
 
 
