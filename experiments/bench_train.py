@@ -54,6 +54,7 @@ _REAL = flags.DEFINE_bool("real_tokens", False, "Time the step on a batch of --p
                           "(GPT-2 tokens) instead of random token ids.")
 _PROFILE = flags.DEFINE_integer("profile_steps", 0, "Trace this many steps of each configuration"
                                 " and print device time by kernel category and the top kernels.")
+_PROFILE_TOP = flags.DEFINE_integer("profile_top", 15, "Kernels listed in the profile table.")
 _PROFILE_DIR = flags.DEFINE_string("profile_dir", "/tmp/ssmax_bench_profile",
                                    "Where the traces go (open in TensorBoard/XProf).")
 _WORKERS = flags.DEFINE_list("workers", ["4"], "data.worker_count values for --pipeline_data.")
@@ -192,7 +193,7 @@ def main(argv):
           f"step={r['step_ms']:.1f}ms tokens/s={r['tokens_per_s']:,.0f} MFU={mfu} "
           f"loss={r['loss']:.3f}", flush=True)
     if r["profile"] is not None:
-      print(profiling.format_summary(r["profile"]), flush=True)
+      print(profiling.format_summary(r["profile"], top=_PROFILE_TOP.value), flush=True)
     rows.append((name, r))
   print("\n| configuration | step ms | tokens/s | MFU |\n|---|---|---|---|")
   for name, r in rows:

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One device call that measures what the open performance work needs, in one run, with the
-# anchors beside it (docs/WORKSPACE.md, "Run on a GPU"):
-#   1. the GPU tests;
-#   2. the paper model's train step (SSMax, softmax) with device time by kernel;
+# One device call (about 6 minutes) for the training-throughput work (issue 4), with the anchors
+# in the same run (docs/WORKSPACE.md, "Run on a GPU"):
+#   1. the paper model's SSMax train step with float32 and bfloat16 loss logits, device time by
+#      kernel (top 40);
+#   2. the same with cuBLAS-only GEMMs (--xla_gpu_enable_triton_gemm=false);
 #   3. the anchors of shared/bench (if copied to .devcarry/bench);
-#   4. the h200_small preset on real tokens (corpus of this machine's site-packages), profiled.
+#   4. the GPU tests.
 # Usage on the device (from the repo root, .devcarry carried): bash scripts/gpu_calibration.sh
 # Logs go to $OUT (the device tool's folder) or ./gpu_calibration.
 set -uo pipefail
@@ -20,12 +21,15 @@ fi
 export PYTHONUNBUFFERED=1
 quiet() { grep -v -i -e warning -e "^I[0-9]" ; }
 
-echo "== GPU tests"
-timeout 240 python3 -m pytest -q -m gpu tests/ -x 2>&1 | tail -3 | tee "$out/gpu_tests.log"
-
 echo "== paper_162m step, profiled"
-timeout 240 python3 -m experiments.bench_train --attention=ssmax,softmax --vocab_pad=64 \
-  --breakdown --profile_steps=3 2>&1 | quiet | tee "$out/bench_train.log"
+timeout 200 python3 -m experiments.bench_train --attention=ssmax --vocab_pad=64 \
+  --logits_dtype=float32,bfloat16 --profile_steps=3 --profile_top=40 2>&1 | quiet \
+  | tee "$out/bench_train.log"
+
+echo "== cuBLAS-only GEMMs"
+XLA_FLAGS=--xla_gpu_enable_triton_gemm=false timeout 120 python3 -m experiments.bench_train \
+  --attention=ssmax --vocab_pad=64 --logits_dtype=float32,bfloat16 2>&1 | quiet | grep "|" \
+  | tee "$out/bench_train_cublas.log"
 
 if [ -d .devcarry/bench ]; then
   echo "== anchors"
@@ -33,10 +37,5 @@ if [ -d .devcarry/bench ]; then
   timeout 150 python3 .devcarry/bench/torch_gpt_anchor.py 2>&1 | tail -2 | tee -a "$out/anchors.log"
 fi
 
-echo "== h200_small on real tokens, profiled"
-data=$(python3 -c "from configs import reproduce; from ssmax_jax.evals import recipe
-c = reproduce.get_config('h200_small'); print(recipe.prepare_corpus(c.recipe, 'gpt2', '/tmp/data')[0])" \
-  2>/dev/null | tail -1)
-timeout 240 python3 -m experiments.bench_train --model=h200_small --attention=ssmax \
-  --vocab_pad=64 --batch=128 --real_tokens --pipeline_data="$data" --workers=4 \
-  --profile_steps=3 2>&1 | quiet | tee "$out/bench_small.log"
+echo "== GPU tests"
+timeout 120 python3 -m pytest -q -m gpu tests/ -x 2>&1 | tail -3 | tee "$out/gpu_tests.log"
