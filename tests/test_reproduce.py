@@ -370,3 +370,19 @@ def test_cpu_tiny_end_to_end(tmp_path):
   assert "| (b) SSMax, learned s | not run |" in text
   assert "| (a) softmax | run (trained) | cpu_tiny | 12,800 | 64 |" in text
   assert "**partly**" in text or "**not**" in text or "**reproduced**" in text  # (e) vs (a)
+
+
+def test_needle_probe_fine_tunes_each_budget_from_one_pretraining(tmp_path):
+  args = [sys.executable, "-m", "experiments.needle_probe", "--preset=cpu_tiny",
+          "--pretrain_tokens=3200", "--multiples=5", "--trials=2", f"--workdir={tmp_path / 'w'}",
+          f"--data_dir={tmp_path / 'data'}"]
+  r = subprocess.run(args + ["--settings=1e-3:2,3e-3:3"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "| lr | steps | final answer loss | s | θ×1 5x | θ×50 5x |" in r.stdout
+  assert "| 0.001 | 2 |" in r.stdout and "| 0.003 | 3 |" in r.stdout
+  assert sorted(os.listdir(tmp_path / "w")) == ["needle_lr0.001_steps2", "needle_lr0.003_steps3",
+                                                "softmax"]
+  r = subprocess.run(args + ["--settings=fast"], cwd=ROOT, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 1 and "--settings entry 'fast' is not LR:STEPS" in r.stderr
