@@ -3,7 +3,7 @@
 # in the same run (docs/WORKSPACE.md, "Run on a GPU"):
 #   1. the paper model's SSMax train step with float32 and bfloat16 loss logits, device time by
 #      kernel (top 40);
-#   2. the same with cuBLAS-only GEMMs (--xla_gpu_enable_triton_gemm=false);
+#   2. the same under two XLA flag sets (cuBLAS-only GEMMs; while loops in CUDA graphs);
 #   3. the anchors of shared/bench (if copied to .devcarry/bench);
 #   4. the GPU tests.
 # Usage on the device (from the repo root, .devcarry carried): bash scripts/gpu_calibration.sh
@@ -23,13 +23,19 @@ quiet() { grep -v -i -e warning -e "^I[0-9]" ; }
 
 echo "== paper_162m step, profiled"
 timeout 200 python3 -m experiments.bench_train --attention=ssmax --vocab_pad=64 \
-  --logits_dtype=float32,bfloat16 --profile_steps=3 --profile_top=40 2>&1 | quiet \
+  --logits_dtype=float32,bfloat16 --chunk=8192,32768 --profile_steps=3 --profile_top=40 \
+  2>&1 | quiet \
   | tee "$out/bench_train.log"
 
-echo "== cuBLAS-only GEMMs"
-XLA_FLAGS=--xla_gpu_enable_triton_gemm=false timeout 120 python3 -m experiments.bench_train \
-  --attention=ssmax --vocab_pad=64 --logits_dtype=float32,bfloat16 2>&1 | quiet | grep "|" \
-  | tee "$out/bench_train_cublas.log"
+# XLA flag sets, one process each (XLA_FLAGS is read at start): cuBLAS-only GEMMs; the loss's
+# chunk loop inside CUDA graphs (conditional nodes) instead of host-driven iterations.
+graphs=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONDITIONAL,WHILE
+for flags in --xla_gpu_enable_triton_gemm=false --xla_gpu_enable_command_buffer=$graphs; do
+  echo "== XLA_FLAGS=$flags"
+  XLA_FLAGS=$flags timeout 120 python3 -m experiments.bench_train --attention=ssmax \
+    --vocab_pad=64 --logits_dtype=float32,bfloat16 2>&1 | quiet | grep "|" \
+    | tee -a "$out/bench_train_flags.log"
+done
 
 if [ -d .devcarry/bench ]; then
   echo "== anchors"
