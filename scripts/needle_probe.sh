@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call (about 6 minutes on an H200): the needle fine-tuning budget of the h200_small
+# One device call (about 7 minutes on an H200): the needle fine-tuning budget of the h200_small
 # recipe, chosen on the softmax baseline by experiments/needle_probe.py's rule (docs/reproduce.md).
 # Usage on the device, from the repo root with .devcarry carried: bash scripts/needle_probe.sh
 set -uo pipefail
@@ -14,6 +14,6 @@ else
 fi
 export PYTHONUNBUFFERED=1
 timeout 540 python3 -m experiments.needle_probe --preset=h200_small --pretrain_tokens=1.31e8 \
-  --settings="${SETTINGS:-2e-5:500,1e-4:500,3e-4:500}" --multiples=1,2 \
+  --settings="${SETTINGS:-2e-5:500,1e-4:500,3e-4:500,1e-3:500}" --multiples=1,2 \
   --workdir=/tmp/needle_probe --data_dir=/tmp/data 2>&1 | grep -v -i warning \
   | tee "$out/needle_probe.log"
