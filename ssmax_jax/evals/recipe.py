@@ -96,7 +96,7 @@ def needle_finetune_phase(parent: Phase, ft) -> Phase:
   c.init.workdir = parent.workdir
   c.data.update(kind="needle", needle_min_context=ft.min_context)
   c.train.update(num_steps=ft.steps, batch_size=ft.batch_size, seq_len=ft.seq_len or
-                 c.train.seq_len, grad_accum_steps=1, max_minutes=0.0)
+                 c.train.seq_len, grad_accum_steps=1, max_minutes=0.0, profile_at_step=-1)
   c.optimizer.update(lr=ft.lr, b1=0.9, b2=0.999, weight_decay=0.0, clip_norm=1.0,
                      schedule="cosine", warmup_steps=0, final_lr_ratio=0.0)
   return Phase(f"{parent.label}{NEEDLE_SUFFIX}", c, f"{parent.workdir}{NEEDLE_SUFFIX}",
