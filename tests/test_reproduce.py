@@ -383,6 +383,18 @@ def test_needle_probe_fine_tunes_each_budget_from_one_pretraining(tmp_path):
   assert "| 0.001 | 2 |" in r.stdout and "| 0.003 | 3 |" in r.stdout
   assert sorted(os.listdir(tmp_path / "w")) == ["needle_lr0.001_steps2", "needle_lr0.003_steps3",
                                                 "softmax"]
+  assert "choice: none" in r.stdout  # 1x was not measured
   r = subprocess.run(args + ["--settings=fast"], cwd=ROOT, capture_output=True, text=True,
                      timeout=300)
   assert r.returncode == 1 and "--settings entry 'fast' is not LR:STEPS" in r.stderr
+
+
+def test_needle_probe_choice_reads_only_the_baseline_at_1x():
+  from experiments.needle_probe import choose
+  row = lambda lr, steps, at1, at2: (lr, steps, 3.0, 10.0, {1.0: [0.9, 0.9], 50.0: [at1, at2]})
+  rows = [row(3e-4, 500, 0.6, 0.0), row(1e-4, 500, 0.5, 0.0), row(2e-5, 500, 0.2, 0.9),
+          row(1e-3, 300, 0.4, 1.0)]
+  assert choose(rows, [1.0, 2.0]) == (1e-4, 500)  # lowest lr among the cheapest that retrieve
+  assert choose(rows + [row(1e-3, 200, 0.7, 0.0)], [1.0, 2.0]) == (1e-3, 200)  # fewer steps
+  assert choose(rows, [2.0, 1.0]) == (1e-3, 300)  # the column of 1x, wherever it is
+  assert choose(rows, [2.0, 5.0]) is None
