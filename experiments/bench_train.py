@@ -44,6 +44,7 @@ _VOCAB_PAD = flags.DEFINE_list("vocab_pad", ["64", "1"], "model.vocab_pad_multip
 _CHUNK = flags.DEFINE_list("chunk", ["8192"], "train.loss_chunk_tokens values.")
 _REMAT = flags.DEFINE_list("remat", ["false"], "model.remat values.")
 _LOGITS = flags.DEFINE_list("logits_dtype", ["float32"], "train.loss_logits_dtype values.")
+_LOSS_IMPL = flags.DEFINE_list("loss_implementation", ["xla"], "train.loss_implementation values.")
 _SMALL = flags.DEFINE_bool("small", False, "A tiny model for a CPU smoke test.")
 _MODEL = flags.DEFINE_enum("model", "paper_162m", ["paper_162m", "h200_small"],
                            "The model: configs/paper_162m.py, or the h200_small preset of "
@@ -62,7 +63,7 @@ _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time the loss forward a
                                "forward+backward without the optimizer update.")
 
 
-def _config(attention, vocab_pad, chunk, remat, logits_dtype):
+def _config(attention, vocab_pad, chunk, remat, logits_dtype, loss_implementation):
   if _MODEL.value == "paper_162m":
     c = paper_162m.get_config()
   else:
@@ -70,7 +71,8 @@ def _config(attention, vocab_pad, chunk, remat, logits_dtype):
     del c["recipe"]
   c.model.update(attention=attention, vocab_pad_multiple=vocab_pad, remat=remat)
   c.train.update(batch_size=_BATCH.value, seq_len=_SEQ.value, grad_accum_steps=1,
-                 loss_chunk_tokens=chunk, loss_logits_dtype=logits_dtype)
+                 loss_chunk_tokens=chunk, loss_logits_dtype=logits_dtype,
+                 loss_implementation=loss_implementation)
   c.mesh.shape = (1, 1, 1)
   if _SMALL.value:
     c.model.update(vocab_size=512, d_model=64, num_layers=2, num_heads=4, d_ff=128,
@@ -143,7 +145,8 @@ def _time_parts(st, batch, config, mesh) -> dict:
   model = st.objects()[0]
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   kw = dict(chunk_tokens=config.train.loss_chunk_tokens, use_segments=config.data.packing,
-            logits_dtype=config.train.loss_logits_dtype)
+            logits_dtype=config.train.loss_logits_dtype,
+            implementation=config.train.loss_implementation)
 
   def loss(params):
     return loss_sum(nnx.merge(graphdef, params, rest), batch, **kw)[0]
@@ -181,11 +184,13 @@ def main(argv):
   print(f"jax {jax.__version__}, {device.platform} {device.device_kind}, "
         f"batch {_BATCH.value} x {_SEQ.value}", flush=True)
   rows = []
-  for attention, pad, chunk, remat, logits in itertools.product(
-      _ATTENTION.value, _VOCAB_PAD.value, _CHUNK.value, _REMAT.value, _LOGITS.value):
+  for attention, pad, chunk, remat, logits, loss_impl in itertools.product(
+      _ATTENTION.value, _VOCAB_PAD.value, _CHUNK.value, _REMAT.value, _LOGITS.value,
+      _LOSS_IMPL.value):
     name = (f"attention={attention} vocab_pad={pad} chunk={chunk} remat={remat} "
-            f"logits={logits}")
-    r = measure(_config(attention, int(pad), int(chunk), remat.lower() == "true", logits))
+            f"logits={logits} loss={loss_impl}")
+    r = measure(_config(attention, int(pad), int(chunk), remat.lower() == "true", logits,
+                        loss_impl))
     mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.3f}"
     parts = "".join(f" {k}={r[k]:.1f}" for k in ("forward_ms", "forward_backward_ms") if k in r)
     print(f"{name}: params={r['params'] / 1e6:.1f}M init={r['init_s']:.0f}s "

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One device call (about 6 minutes) for the training-throughput work (issue 4), with the anchors
+# One device call (about 8 minutes) for the training-throughput work (issue 4), with the anchors
 # in the same run (docs/WORKSPACE.md, "Run on a GPU"):
-#   1. the paper model's SSMax train step with float32 and bfloat16 loss logits, device time by
-#      kernel (top 40);
+#   1. the paper model's SSMax train step with float32 and bfloat16 loss logits, each with the
+#      XLA loss and the Pallas loss kernel, device time by kernel (top 40); 32,768-token loss
+#      chunks; the h200_small preset's step;
 #   2. the same under two XLA flag sets (cuBLAS-only GEMMs; while loops in CUDA graphs);
 #   3. the anchors of shared/bench (if copied to .devcarry/bench);
 #   4. the GPU tests.
@@ -23,9 +24,15 @@ quiet() { grep -v -i -e warning -e "^I[0-9]" ; }
 
 echo "== paper_162m step, profiled"
 timeout 200 python3 -m experiments.bench_train --attention=ssmax --vocab_pad=64 \
-  --logits_dtype=float32,bfloat16 --chunk=8192,32768 --profile_steps=3 --profile_top=40 \
-  2>&1 | quiet \
-  | tee "$out/bench_train.log"
+  --logits_dtype=float32,bfloat16 --loss_implementation=xla,pallas --profile_steps=3 \
+  --profile_top=40 2>&1 | quiet | tee "$out/bench_train.log"
+timeout 100 python3 -m experiments.bench_train --attention=ssmax --vocab_pad=64 --chunk=32768 \
+  --logits_dtype=bfloat16 --loss_implementation=xla,pallas 2>&1 | quiet | grep "|" \
+  | tee -a "$out/bench_train.log"
+echo "== h200_small step (issue 6's preset)"
+timeout 100 python3 -m experiments.bench_train --model=h200_small --batch=128 --attention=ssmax \
+  --vocab_pad=64 --logits_dtype=bfloat16 --loss_implementation=xla,pallas 2>&1 | quiet \
+  | grep "|" | tee -a "$out/bench_train.log"
 
 # XLA flag sets, one process each (XLA_FLAGS is read at start): cuBLAS-only GEMMs; the loss's
 # chunk loop inside CUDA graphs (conditional nodes) instead of host-driven iterations.
@@ -33,8 +40,8 @@ graphs=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONDITIONAL
 for flags in --xla_gpu_enable_triton_gemm=false --xla_gpu_enable_command_buffer=$graphs; do
   echo "== XLA_FLAGS=$flags"
   XLA_FLAGS=$flags timeout 120 python3 -m experiments.bench_train --attention=ssmax \
-    --vocab_pad=64 --logits_dtype=float32,bfloat16 2>&1 | quiet | grep "|" \
-    | tee -a "$out/bench_train_flags.log"
+    --vocab_pad=64 --logits_dtype=bfloat16 --loss_implementation=xla,pallas 2>&1 | quiet \
+    | grep "|" | tee -a "$out/bench_train_flags.log"
 done
 
 if [ -d .devcarry/bench ]; then

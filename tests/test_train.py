@@ -128,6 +128,7 @@ def _add_key(group, key):
     (lambda c: c.train.update(profile_at_step=19, profile_steps=3), "profile_at_step=19"),
     (lambda c: c.train.update(max_minutes=-1.0), "max_minutes=-1.0 must be >= 0"),
     (lambda c: c.train.update(loss_logits_dtype="fp8"), "loss_logits_dtype='fp8'"),
+    (lambda c: c.train.update(loss_implementation="cuda"), "loss_implementation='cuda'"),
 ])
 def test_bad_config_stops_before_training(tmp_path, change, message):
   config = _config()

@@ -10,6 +10,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from ssmax_jax.models.transformer import TransformerConfig
+from ssmax_jax.train.loss import IMPLEMENTATIONS as LOSS_IMPLEMENTATIONS
 from ssmax_jax.train.loss import LOGITS_DTYPES
 
 SCHEDULES = ("constant", "cosine")
@@ -52,6 +53,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Storage of those logits: 'float32', or 'bfloat16' (half the loss's memory traffic, as in
   # most training stacks); the loss itself is always computed in float32 (train/loss.py).
   c.train.loss_logits_dtype = "float32"
+  # 'xla', or 'pallas': one kernel reads each chunk's logits twice instead of four times (one GPU).
+  c.train.loss_implementation = "xla"
   c.train.log_every = 10
   c.train.peak_tflops = config_dict.placeholder(float)  # per device; None: known devices only
   c.train.progress_bar = True
@@ -152,6 +155,9 @@ def validate(config) -> TransformerConfig:
   if t.loss_logits_dtype not in LOGITS_DTYPES:
     raise ValueError(f"config.train.loss_logits_dtype={t.loss_logits_dtype!r}; choose one of "
                      f"{LOGITS_DTYPES}.")
+  if t.loss_implementation not in LOSS_IMPLEMENTATIONS:
+    raise ValueError(f"config.train.loss_implementation={t.loss_implementation!r}; choose one "
+                     f"of {LOSS_IMPLEMENTATIONS}.")
   if o.schedule not in SCHEDULES:
     raise ValueError(f"config.optimizer.schedule={o.schedule!r}; choose one of {SCHEDULES}.")
   if o.lr <= 0 or o.warmup_steps < 0 or o.clip_norm < 0 or o.weight_decay < 0:

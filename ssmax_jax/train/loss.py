@@ -9,6 +9,8 @@ as for the unchunked loss, and no recomputation.
 The logits are stored in `logits_dtype` between the matmul and the reductions (float32 by
 default; bfloat16 halves the loss's memory traffic, as computing the output layer in bf16 does in
 most training stacks); the reductions and the probabilities are always computed in float32.
+`implementation='pallas'` does those in one kernel that reads each chunk's logits twice
+(ssmax_jax/kernels/cross_entropy_gpu.py) where XLA reads them four times: GPU, one device.
 """
 import functools
 
@@ -16,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssmax_jax.kernels import cross_entropy_gpu
 from ssmax_jax.nn.partitioning import shard
 
 
@@ -29,21 +32,30 @@ def _num_chunks(B, T, chunk_tokens):
 
 
 LOGITS_DTYPES = ("float32", "bfloat16")
+IMPLEMENTATIONS = ("xla", "pallas")
 
 
-def check_logits_dtype(logits_dtype):
+def check_options(logits_dtype, implementation="xla"):
   if str(np.dtype(logits_dtype)) not in LOGITS_DTYPES:
     raise ValueError(f"logits_dtype={logits_dtype!r} is not supported; choose one of "
                      f"{', '.join(map(repr, LOGITS_DTYPES))}.")
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r} is unknown; choose one of "
+                     f"{', '.join(map(repr, IMPLEMENTATIONS))}.")
 
 
 def _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens,
-                   logits_dtype="float32", with_grads=True):
+                   logits_dtype="float32", implementation="xla", with_grads=True):
   """Returns (sum of weighted losses, dloss/dh [B,T,D], dloss/dw [D,V] float32)."""
   B, T, D = h_BTD.shape
   V = w_DV.shape[1]
   C = _num_chunks(B, T, chunk_tokens)
   w_c = w_DV.astype(h_BTD.dtype)
+  fused = with_grads and implementation == "pallas"
+  if fused and not cross_entropy_gpu.supported(B * (T // C)):
+    raise ValueError(f"loss implementation 'pallas' needs chunks of a multiple of "
+                     f"{cross_entropy_gpu.BLOCK_ROWS} tokens; batch {B} x {T // C} positions has "
+                     f"{B * (T // C)}: change the batch or train.loss_chunk_tokens, or use 'xla'.")
 
   def chunks(x):  # [B, T, ...] -> [C, B, T/C, ...]
     return jnp.moveaxis(x.reshape(B, C, T // C, *x.shape[2:]), 1, 0)
@@ -52,17 +64,27 @@ def _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens
     loss_sum, dw_DV = carry
     h_BtD, tgt_Bt, wt_Bt = xs
     logits_BtV = jnp.einsum("btd,dv->btv", h_BtD, w_c, preferred_element_type=logits_dtype)
-    logits_BtV = shard(logits_BtV, ("act_batch", "act_seq", "act_vocab")).astype(jnp.float32)
-    if V > vocab_size:  # padding columns take no probability
-      logits_BtV = jnp.where(jnp.arange(V) < vocab_size, logits_BtV, -jnp.inf)
-    lse_Bt = jax.nn.logsumexp(logits_BtV, axis=-1)
-    onehot_BtV = jnp.arange(V) == tgt_Bt[..., None]
-    tgt_logit_Bt = jnp.sum(jnp.where(onehot_BtV, logits_BtV, 0.0), axis=-1)
-    loss_sum += jnp.sum(wt_Bt * (lse_Bt - tgt_logit_Bt))
-    if not with_grads:
-      return (loss_sum, dw_DV), None
-    dlogits_BtV = (jnp.exp(logits_BtV - lse_Bt[..., None]) - onehot_BtV) * wt_Bt[..., None]
-    dlogits_BtV = dlogits_BtV.astype(h_BTD.dtype)
+    logits_BtV = shard(logits_BtV, ("act_batch", "act_seq", "act_vocab"))
+    Bc, t = tgt_Bt.shape
+    if fused:
+      loss_M, dlogits_MV = cross_entropy_gpu.cross_entropy_with_grad(
+          logits_BtV.reshape(Bc * t, V), tgt_Bt.reshape(-1), wt_Bt.reshape(-1),
+          vocab_size=vocab_size, grad_dtype=h_BTD.dtype,
+          interpret=jax.default_backend() == "cpu")
+      loss_sum += jnp.sum(loss_M)
+      dlogits_BtV = dlogits_MV.reshape(Bc, t, V)
+    else:
+      logits_BtV = logits_BtV.astype(jnp.float32)
+      if V > vocab_size:  # padding columns take no probability
+        logits_BtV = jnp.where(jnp.arange(V) < vocab_size, logits_BtV, -jnp.inf)
+      lse_Bt = jax.nn.logsumexp(logits_BtV, axis=-1)
+      onehot_BtV = jnp.arange(V) == tgt_Bt[..., None]
+      tgt_logit_Bt = jnp.sum(jnp.where(onehot_BtV, logits_BtV, 0.0), axis=-1)
+      loss_sum += jnp.sum(wt_Bt * (lse_Bt - tgt_logit_Bt))
+      if not with_grads:
+        return (loss_sum, dw_DV), None
+      dlogits_BtV = (jnp.exp(logits_BtV - lse_Bt[..., None]) - onehot_BtV) * wt_Bt[..., None]
+      dlogits_BtV = dlogits_BtV.astype(h_BTD.dtype)
     dh_BtD = jnp.einsum("btv,dv->btd", dlogits_BtV, w_c, preferred_element_type=jnp.float32)
     dw_DV = dw_DV + jnp.einsum("btd,btv->dv", h_BtD, dlogits_BtV,
                                preferred_element_type=jnp.float32)
@@ -80,30 +102,31 @@ def _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens
   return loss_sum, dh_BTD, dw_DV
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def cross_entropy_sum(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens=8192,
-                      logits_dtype="float32"):
+                      logits_dtype="float32", implementation="xla"):
   """sum over tokens of weights * -log softmax(h @ w)[target], float32 scalar.
 
   h_BTD: hidden states in the compute dtype; w_DV: the output matrix (any float dtype, applied
   in h's dtype), V >= vocab_size: columns from vocab_size on are padding and never predicted;
   targets_BT int; weights_BT: per-token loss weights (the loss mask); logits_dtype: 'float32'
-  or 'bfloat16' (module doc). Differentiable in h and w.
+  or 'bfloat16'; implementation: 'xla' or 'pallas' (module doc). Differentiable in h and w.
   """
-  check_logits_dtype(logits_dtype)
+  check_options(logits_dtype, implementation)
   return _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens,
                         logits_dtype, with_grads=False)[0]
 
 
-def _fwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens, logits_dtype):
-  check_logits_dtype(logits_dtype)
+def _fwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens, logits_dtype,
+         implementation):
+  check_options(logits_dtype, implementation)
   loss_sum, dh_BTD, dw_DV = _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size,
-                                           chunk_tokens, logits_dtype)
+                                           chunk_tokens, logits_dtype, implementation)
   return loss_sum, (dh_BTD, dw_DV.astype(w_DV.dtype))
 
 
-def _bwd(vocab_size, chunk_tokens, logits_dtype, residuals, g):
-  del vocab_size, chunk_tokens, logits_dtype
+def _bwd(vocab_size, chunk_tokens, logits_dtype, implementation, residuals, g):
+  del vocab_size, chunk_tokens, logits_dtype, implementation
   dh_BTD, dw_DV = residuals
   return (dh_BTD * g.astype(dh_BTD.dtype), dw_DV * g.astype(dw_DV.dtype), None, None)
 

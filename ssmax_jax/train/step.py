@@ -11,7 +11,8 @@ from ssmax_jax.train.loss import cross_entropy_sum
 METRICS = ("loss", "grad_norm", "tokens")
 
 
-def loss_sum(model, batch, *, chunk_tokens=8192, use_segments=True, logits_dtype="float32"):
+def loss_sum(model, batch, *, chunk_tokens=8192, use_segments=True, logits_dtype="float32",
+             implementation="xla"):
   """(sum of masked next-token losses, number of loss tokens) of a batch dict."""
   kwargs = {}
   if use_segments:  # packed documents: positions and attention (and n) restart per document
@@ -19,7 +20,7 @@ def loss_sum(model, batch, *, chunk_tokens=8192, use_segments=True, logits_dtype
   h_BTD = model.hidden(batch["inputs"], **kwargs)
   loss = cross_entropy_sum(h_BTD, model.lm_head.kernel[...], batch["targets"],
                            batch["loss_mask"], model.config.vocab_size, chunk_tokens,
-                           logits_dtype)
+                           logits_dtype, implementation)
   return loss, jnp.sum(batch["loss_mask"])
 
 
@@ -45,7 +46,7 @@ def _microbatches(batch, accum):
 
 def make_train_step(graphdef, state_shardings, batch_sharding, metrics_sharding, *,
                     grad_accum_steps=1, chunk_tokens=8192, use_segments=True,
-                    logits_dtype="float32"):
+                    logits_dtype="float32", loss_implementation="xla"):
   """Returns step(state, batch) -> (state, metrics), jitted with donated state.
 
   state: nnx.state((model, optimizer)) for `graphdef`; batch: dict of [B,T] arrays (global).
@@ -61,7 +62,7 @@ def make_train_step(graphdef, state_shardings, batch_sharding, metrics_sharding,
     def mean_loss(params, micro):
       m = nnx.merge(model_def, params, rest)
       return loss_sum(m, micro, chunk_tokens=chunk_tokens, use_segments=use_segments,
-                      logits_dtype=logits_dtype)[0] / denom
+                      logits_dtype=logits_dtype, implementation=loss_implementation)[0] / denom
 
     grad_fn = jax.value_and_grad(mean_loss)
     if grad_accum_steps == 1:

@@ -62,6 +62,10 @@ def _check_run(config, cfg, mesh):
   if t.batch_size % jax.process_count():
     raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by the "
                      f"number of processes ({jax.process_count()}).")
+  if t.loss_implementation == "pallas" and (mesh.size > 1 or jax.default_backend() == "tpu"):
+    raise ValueError("config.train.loss_implementation='pallas' runs on one GPU (its kernel "
+                     f"needs whole rows of logits on one device; this mesh has {mesh.size} "
+                     f"{jax.default_backend()} devices): use 'xla'.")
   tokenizer = data_lib.get_tokenizer(config.data.tokenizer)
   if cfg.vocab_size < tokenizer.vocab_size:
     raise ValueError(f"config.model.vocab_size={cfg.vocab_size} is smaller than the "
@@ -126,7 +130,7 @@ class _State:
         graphdef, self.shardings, mesh_lib.batch_sharding(self.mesh),
         mesh_lib.replicated(self.mesh), grad_accum_steps=t.grad_accum_steps,
         chunk_tokens=t.loss_chunk_tokens, use_segments=self.config.data.packing,
-        logits_dtype=t.loss_logits_dtype)
+        logits_dtype=t.loss_logits_dtype, loss_implementation=t.loss_implementation)
 
   def objects(self):
     return nnx.merge(self.graphdef, self.state)

@@ -1,0 +1,94 @@
+"""Softmax cross-entropy over materialised logits, with its gradient, in two passes (Pallas
+Triton lowering; interpret mode elsewhere).
+
+The training loss (ssmax_jax/train/loss.py) writes each chunk's logits [M, V] with a matmul and
+then needs, per row, the log-sum-exp, the target's logit and the probabilities minus the one-hot.
+XLA spends three reductions and an elementwise pass on that, reading the logits four times. Here
+one program owns `block_rows` rows and streams their logits twice in `block_vocab` tiles: pass 1
+keeps an online max and sum of exponentials and picks the target logit; pass 2 writes
+(softmax - onehot) * weight. Counted: 2 reads of the logits and 1 write of the gradient, the
+floor for a loss whose gradient needs the final normaliser.
+
+Contract: logits [M, V] float32 or bfloat16; targets [M] int (in [0, vocab_size)); weights [M]
+float32; columns >= vocab_size are padding (probability 0). Returns (weighted losses [M] float32,
+dlogits [M, V] in `grad_dtype`). Math in float32.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+BLOCK_ROWS = 8
+BLOCK_VOCAB = 1024
+NUM_WARPS = 8
+
+
+def supported(num_rows: int, block_rows: int = BLOCK_ROWS) -> bool:
+  """Rows split into whole blocks (the vocabulary may have any size: its last tile is masked)."""
+  return num_rows % block_rows == 0
+
+
+def _kernel(logits_ref, targets_ref, weights_ref, loss_ref, dlogits_ref, *, vocab_size,
+            num_cols, block_vocab):
+  rows = logits_ref.shape[0]
+  num_tiles = pl.cdiv(num_cols, block_vocab)
+  target = targets_ref[...]
+  weight = weights_ref[...]
+
+  def tile(j):
+    cols = j * block_vocab + lax.broadcasted_iota(jnp.int32, (rows, block_vocab), 1)
+    in_bounds = cols < num_cols
+    x = plgpu.load(logits_ref.at[:, pl.ds(j * block_vocab, block_vocab)],
+                   mask=in_bounds, other=0.0).astype(jnp.float32)
+    return cols, in_bounds, jnp.where(cols < vocab_size, x, -jnp.inf)
+
+  def stats(j, carry):
+    m, s, picked = carry
+    cols, _, x = tile(j)
+    m_new = jnp.maximum(m, x.max(axis=1))
+    s = s * jnp.exp(m - m_new) + jnp.exp(x - m_new[:, None]).sum(axis=1)
+    picked += jnp.where(cols == target[:, None], x, 0.0).sum(axis=1)
+    return m_new, s, picked
+
+  zeros = jnp.zeros((rows,), jnp.float32)
+  m, s, picked = lax.fori_loop(0, num_tiles, stats, (zeros - jnp.inf, zeros, zeros))
+  lse = m + jnp.log(s)
+  loss_ref[...] = weight * (lse - picked)
+
+  def grad(j, _):
+    cols, in_bounds, x = tile(j)
+    d = (jnp.exp(x - lse[:, None]) - (cols == target[:, None])) * weight[:, None]
+    plgpu.store(dlogits_ref.at[:, pl.ds(j * block_vocab, block_vocab)],
+                d.astype(dlogits_ref.dtype), mask=in_bounds)
+    return 0
+
+  lax.fori_loop(0, num_tiles, grad, 0)
+
+
+@functools.partial(jax.jit, static_argnames=("vocab_size", "grad_dtype", "block_rows",
+                                             "block_vocab", "interpret"))
+def cross_entropy_with_grad(logits_MV, targets_M, weights_M, *, vocab_size, grad_dtype,
+                            block_rows=BLOCK_ROWS, block_vocab=BLOCK_VOCAB, interpret=False):
+  """(weight * (logsumexp - target logit) [M] float32, (softmax - onehot) * weight [M, V])."""
+  M, V = logits_MV.shape
+  if not supported(M, block_rows):
+    raise ValueError(f"{M} rows do not split into blocks of {block_rows}: call supported() "
+                     "first and use the XLA loss otherwise.")
+  kernel = functools.partial(_kernel, vocab_size=vocab_size, num_cols=V, block_vocab=block_vocab)
+  return pl.pallas_call(
+      kernel,
+      grid=(M // block_rows,),
+      in_specs=[pl.BlockSpec((block_rows, V), lambda i: (i, 0)),
+                pl.BlockSpec((block_rows,), lambda i: (i,)),
+                pl.BlockSpec((block_rows,), lambda i: (i,))],
+      out_specs=[pl.BlockSpec((block_rows,), lambda i: (i,)),
+                 pl.BlockSpec((block_rows, V), lambda i: (i, 0))],
+      out_shape=[jax.ShapeDtypeStruct((M,), jnp.float32),
+                 jax.ShapeDtypeStruct((M, V), grad_dtype)],
+      compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=2),
+      interpret=interpret,
+      name="softmax_cross_entropy_with_grad",
+  )(logits_MV, targets_M.astype(jnp.int32), weights_M.astype(jnp.float32))
