@@ -1,6 +1,7 @@
 """Evaluation suite: known answers on hand-built models, then every command end to end on a
 checkpoint of the trainer (CPU, XLA attention, tiny grids)."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -139,6 +140,17 @@ def test_needle_grid_generate_and_teacher_forcing_give_the_same_grid():
   assert ((0 <= np.asarray(gen["accuracy"])) & (np.asarray(gen["accuracy"]) <= 1)).all()
   with pytest.raises(ValueError, match="too short"):
     needle.needle_grid(model, BYTE, STREAM, [40], [0.5], **kw)
+
+
+def test_teacher_forced_grid_compiles_each_length_once(caplog):
+  model = _model("softmax")
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    needle.needle_grid(model, BYTE, STREAM, [150, 160, 175], [0.5], trials=4, batch_size=3,
+                       method="teacher_forcing", show_progress=False)
+  done = [r for r in caplog.records if "Finished XLA compilation of jit(_teacher_forced)"
+          in r.getMessage()]
+  # 3 compilations, in parallel before the first forward; 6 would mean the calls compiled again.
+  assert len(done) == 3, [r.getMessage() for r in done]
 
 
 def test_memory_estimate_refuses_dense_attention_at_long_context():

@@ -5,6 +5,7 @@ from the validation stream, asks for the number, and decodes greedily with the K
 prompt has exactly the cell's context length (the needle example is built `answer tokens`
 longer and the answer cut off), so the trials of one length share one compiled decoder.
 """
+import concurrent.futures
 import functools
 import os
 import re
@@ -70,6 +71,24 @@ def teacher_forced_argmax(model, prompt_BT, answer_BA, *, rope_theta=None) -> np
                                     jnp.float32(theta), answer_BA.shape[1]))
 
 
+def compile_teacher_forced(model, shapes, *, rope_theta=None):
+  """Compiles the teacher-forced forward for every (batch, prompt length, answer length) in
+  `shapes` at once, in threads (XLA compiles without the GIL), so that the calls that follow find
+  their executables in jit's cache: one compilation per context length per model and θ is most
+  of a short grid's time."""
+  graphdef, state = nnx.split(model)
+  theta = jnp.float32(model.config.rope_theta if rope_theta is None else rope_theta)
+
+  def compile_one(shape):
+    B, T, A = shape
+    tokens = jax.ShapeDtypeStruct((B, T + A), jnp.int32)
+    _teacher_forced.lower(graphdef, state, tokens, T, theta, A).compile()
+
+  shapes = sorted(set(shapes))
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(len(shapes), os.cpu_count() or 1))) as pool:
+    list(pool.map(compile_one, shapes))
+
+
 def cell_rng(seed: int, length: int, depth_index: int) -> np.random.Generator:
   return np.random.default_rng([seed, length, depth_index])
 
@@ -98,13 +117,17 @@ def needle_grid(model, tokenizer, tokens, lengths, depths, *, trials: int = 20,
   correct = np.zeros((len(lengths), len(depths)), np.int64)
   predictions = [[[] for _ in depths] for _ in lengths]
   numbers = [[[] for _ in depths] for _ in lengths]
+  grid_cells = [[(di, needle_trial(tokenizer, tokens, length, depth, rng))
+                 for di, depth in enumerate(depths)
+                 for rng in [cell_rng(seed, length, di)] for _ in range(trials)]
+                for length in lengths]
+  answer_lens = [max(len(ex["answer"]) for _, ex in cells) for cells in grid_cells]
+  if method == "teacher_forcing":
+    compile_teacher_forced(model, [(batch_size, length, a) for length, a in
+                                   zip(lengths, answer_lens)], rope_theta=rope_theta)
   bar = common.progress(total=len(lengths) * len(depths) * trials, desc=desc,
                         enabled=show_progress)
-  for li, length in enumerate(lengths):
-    cells = [(di, needle_trial(tokenizer, tokens, length, depth, rng))
-             for di, depth in enumerate(depths)
-             for rng in [cell_rng(seed, length, di)] for _ in range(trials)]
-    max_answer = max(len(ex["answer"]) for _, ex in cells)
+  for li, (cells, max_answer) in enumerate(zip(grid_cells, answer_lens)):
     for i in range(0, len(cells), batch_size):
       batch = cells[i:i + batch_size]
       prompts = np.stack([ex["prompt"] for _, ex in batch])
