@@ -142,15 +142,24 @@ def test_needle_grid_generate_and_teacher_forcing_give_the_same_grid():
     needle.needle_grid(model, BYTE, STREAM, [40], [0.5], **kw)
 
 
-def test_teacher_forced_grid_compiles_each_length_once(caplog):
+def test_teacher_forced_grid_compiles_each_length_once():
   model = _model("softmax")
-  with jax.log_compiles(), caplog.at_level(logging.WARNING):
-    needle.needle_grid(model, BYTE, STREAM, [150, 160, 175], [0.5], trials=4, batch_size=3,
-                       method="teacher_forcing", show_progress=False)
-  done = [r for r in caplog.records if "Finished XLA compilation of jit(_teacher_forced)"
-          in r.getMessage()]
+  messages = []
+  handler = logging.Handler()
+  handler.emit = lambda record: messages.append(record.getMessage())
+  jax_logger, level = logging.getLogger("jax"), logging.getLogger("jax").level
+  jax_logger.addHandler(handler)
+  jax_logger.setLevel(logging.DEBUG)
+  try:
+    with jax.log_compiles():
+      needle.needle_grid(model, BYTE, STREAM, [151, 163, 177], [0.5], trials=4, batch_size=5,
+                         method="teacher_forcing", show_progress=False)
+  finally:
+    jax_logger.removeHandler(handler)
+    jax_logger.setLevel(level)
+  done = [m for m in messages if "Finished XLA compilation of jit(_teacher_forced)" in m]
   # 3 compilations, in parallel before the first forward; 6 would mean the calls compiled again.
-  assert len(done) == 3, [r.getMessage() for r in done]
+  assert len(done) == 3, done
 
 
 def test_memory_estimate_refuses_dense_attention_at_long_context():
