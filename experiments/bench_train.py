@@ -34,7 +34,7 @@ from ssmax_jax.train import mesh as mesh_lib
 from ssmax_jax.train import profiling
 from ssmax_jax.train import trainer
 from ssmax_jax.train.optim import make_optimizer
-from ssmax_jax.train.step import flops_per_token, loss_sum
+from ssmax_jax.train.step import flops_per_token, loss_options, loss_sum
 
 _BATCH = flags.DEFINE_integer("batch", 32, "Sequences per step.")
 _SEQ = flags.DEFINE_integer("seq", 1024, "Sequence length.")
@@ -144,9 +144,7 @@ def _time_parts(st, batch, config, mesh) -> dict:
   """ms of the loss forward alone and of forward+backward (no optimizer) on the same batch."""
   model = st.objects()[0]
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  kw = dict(chunk_tokens=config.train.loss_chunk_tokens, use_segments=config.data.packing,
-            logits_dtype=config.train.loss_logits_dtype,
-            implementation=config.train.loss_implementation)
+  kw = loss_options(config)
 
   def loss(params):
     return loss_sum(nnx.merge(graphdef, params, rest), batch, **kw)[0]

@@ -102,5 +102,6 @@ def choose(rows, multiples):
               if cells[50.0][i] >= results.RETRIEVES)
   return (ok[0][1], ok[0][0]) if ok else None
 
+
 if __name__ == "__main__":
   app.run(main)

@@ -9,18 +9,7 @@
 #   4. the GPU tests.
 # Usage on the device (from the repo root, .devcarry carried): bash scripts/gpu_calibration.sh
 # Logs go to $OUT (the device tool's folder) or ./gpu_calibration.
-set -uo pipefail
-out="${OUT:-gpu_calibration}"
-mkdir -p "$out"
-if ls .devcarry/whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
-    .devcarry/whl/*.whl 2>/dev/null
-  export PYTHONPATH="/tmp/site:.${PYTHONPATH:+:$PYTHONPATH}"
-else
-  export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONUNBUFFERED=1
-quiet() { grep -v -i -e warning -e "^I[0-9]" ; }
+source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh" gpu_calibration
 
 echo "== paper_162m step, profiled"
 timeout 200 python3 -m experiments.bench_train --attention=ssmax --vocab_pad=64 \

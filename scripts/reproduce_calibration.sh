@@ -6,18 +6,7 @@
 #      experiments/needle_probe.py's rule (docs/reproduce.md); it prints the choice last.
 # Usage on the device, from the repo root with .devcarry carried:
 #   bash scripts/reproduce_calibration.sh        [SETTINGS=lr:steps,... to try other budgets]
-set -uo pipefail
-out="${OUT:-reproduce_calibration}"
-mkdir -p "$out"
-if ls .devcarry/whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
-    .devcarry/whl/*.whl 2>/dev/null
-  export PYTHONPATH="/tmp/site:.${PYTHONPATH:+:$PYTHONPATH}"
-else
-  export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONUNBUFFERED=1
-quiet() { grep -v -i -e warning -e "^I[0-9]" ; }
+source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh" reproduce_calibration
 
 echo "== loss kernel"
 timeout 90 python3 -m pytest -q -m gpu tests/test_kernel_cross_entropy.py 2>&1 | tail -2 \

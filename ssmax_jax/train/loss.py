@@ -65,8 +65,8 @@ def _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens
     h_BtD, tgt_Bt, wt_Bt = xs
     logits_BtV = jnp.einsum("btd,dv->btv", h_BtD, w_c, preferred_element_type=logits_dtype)
     logits_BtV = shard(logits_BtV, ("act_batch", "act_seq", "act_vocab"))
-    Bc, t = tgt_Bt.shape
     if fused:
+      Bc, t = tgt_Bt.shape
       loss_M, dlogits_MV = cross_entropy_gpu.cross_entropy_with_grad(
           logits_BtV.reshape(Bc * t, V), tgt_Bt.reshape(-1), wt_Bt.reshape(-1),
           vocab_size=vocab_size, grad_dtype=h_BTD.dtype,

@@ -11,6 +11,13 @@ from ssmax_jax.train.loss import cross_entropy_sum
 METRICS = ("loss", "grad_norm", "tokens")
 
 
+def loss_options(config) -> dict:
+  """loss_sum's keyword arguments from a training config (train.loss_*, data.packing)."""
+  t = config.train
+  return dict(chunk_tokens=t.loss_chunk_tokens, use_segments=config.data.packing,
+              logits_dtype=t.loss_logits_dtype, implementation=t.loss_implementation)
+
+
 def loss_sum(model, batch, *, chunk_tokens=8192, use_segments=True, logits_dtype="float32",
              implementation="xla"):
   """(sum of masked next-token losses, number of loss tokens) of a batch dict."""
@@ -45,11 +52,11 @@ def _microbatches(batch, accum):
 
 
 def make_train_step(graphdef, state_shardings, batch_sharding, metrics_sharding, *,
-                    grad_accum_steps=1, chunk_tokens=8192, use_segments=True,
-                    logits_dtype="float32", loss_implementation="xla"):
+                    grad_accum_steps=1, loss_kwargs=None):
   """Returns step(state, batch) -> (state, metrics), jitted with donated state.
 
   state: nnx.state((model, optimizer)) for `graphdef`; batch: dict of [B,T] arrays (global).
+  loss_kwargs: loss_sum's options (`loss_options(config)`; None: its defaults).
   metrics: loss (mean over loss tokens), grad_norm, tokens, and s (b) per layer and head.
   """
 
@@ -61,8 +68,7 @@ def make_train_step(graphdef, state_shardings, batch_sharding, metrics_sharding,
 
     def mean_loss(params, micro):
       m = nnx.merge(model_def, params, rest)
-      return loss_sum(m, micro, chunk_tokens=chunk_tokens, use_segments=use_segments,
-                      logits_dtype=logits_dtype, implementation=loss_implementation)[0] / denom
+      return loss_sum(m, micro, **(loss_kwargs or {}))[0] / denom
 
     grad_fn = jax.value_and_grad(mean_loss)
     if grad_accum_steps == 1:

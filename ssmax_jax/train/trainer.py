@@ -18,7 +18,7 @@ from ssmax_jax.train import profiling
 from ssmax_jax.train.data import make_batches, to_global
 from ssmax_jax.train.metrics import MetricsWriter
 from ssmax_jax.train.optim import make_optimizer, make_schedule
-from ssmax_jax.train.step import flops_per_token, make_train_step
+from ssmax_jax.train.step import flops_per_token, loss_options, make_train_step
 
 # Dense bf16 peak TFLOP/s per device, for MFU (config.train.peak_tflops overrides).
 PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("TPU v6", 918.0),
@@ -129,8 +129,7 @@ class _State:
     self.step_fn = make_train_step(
         graphdef, self.shardings, mesh_lib.batch_sharding(self.mesh),
         mesh_lib.replicated(self.mesh), grad_accum_steps=t.grad_accum_steps,
-        chunk_tokens=t.loss_chunk_tokens, use_segments=self.config.data.packing,
-        logits_dtype=t.loss_logits_dtype, loss_implementation=t.loss_implementation)
+        loss_kwargs=loss_options(self.config))
 
   def objects(self):
     return nnx.merge(self.graphdef, self.state)
