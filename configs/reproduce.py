@@ -44,7 +44,7 @@ def _recipe(**eval_overrides):
   f.steps = 500
   f.batch_size = 128
   f.seq_len = 0  # 0: the pretraining sequence length (the paper: 1,024 for both)
-  f.lr = 2e-5  # cosine to 0, no warm-up; AdamW (0.9, 0.999), no weight decay, clip 1.0
+  f.lr = 3e-4  # cosine to 0, no warm-up; AdamW (0.9, 0.999), no weight decay, clip 1.0
   f.min_context = 256
   r.needle_finetune = f
   # Minutes of pretraining after which the run saves and stops (0: none), so that a call that
@@ -103,7 +103,8 @@ def get_config(preset="h200_small"):
     # bf16 logits: the loss is half of this small model's step; 10% faster on the H200
     # (docs/performance.md), the rounding the torch and JAX anchors' losses have too.
     c.train.update(batch_size=128, seq_len=1024, grad_accum_steps=1, log_every=100,
-                   progress_bar=False, loss_chunk_tokens=8192, loss_logits_dtype="bfloat16")
+                   progress_bar=False, loss_chunk_tokens=8192, loss_logits_dtype="bfloat16",
+                   loss_implementation="pallas")
     c.optimizer.update(lr=6e-4, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0,
                        schedule="constant", warmup_steps=200)
     c.recipe = _recipe(loss_from_prefix=True)
