@@ -252,7 +252,7 @@ def test_presets_and_plans():
     assert tuned.config.data.kind == "needle" and tuned.config.model.attention == (
         parent.config.model.attention)
     assert (t.num_steps, t.batch_size, t.seq_len, o.lr, o.b2, o.weight_decay, o.schedule) == (
-        500, 128, 1024, 2e-5, 0.999, 0.0, "cosine")
+        500, 128, 1024, 3e-4, 0.999, 0.0, "cosine")
   from ssmax_jax.models.transformer import count_params
   from ssmax_jax.train import validate
   from ssmax_jax.train.checkpoint import abstract_model

@@ -21,7 +21,6 @@ experiments/reproduce_report.py gathers the summaries (ssmax_jax.evals.results).
 import copy
 import dataclasses
 import datetime
-import glob as globlib
 import hashlib
 import importlib.metadata
 import json
@@ -29,13 +28,12 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sysconfig
 import time
 
 import numpy as np
 
-from ssmax_jax.evals import common, needle, results, runner
+from ssmax_jax.evals import common, needle, provenance, results, runner
 
 FORMAT = "ssmax_jax.reproduce.v1"
 NEEDLE_SUFFIX = "_needle"  # label and workdir suffix of a model's needle fine-tuning phase
@@ -394,23 +392,8 @@ def versions() -> dict:
       out[name] = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
       out[name] = None
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  h = hashlib.sha256()  # the code that ran, also where there is no git checkout
-  for path in sorted(globlib.glob(os.path.join(root, "ssmax_jax", "**", "*.py"), recursive=True)
-                     + globlib.glob(os.path.join(root, "configs", "*.py"))):
-    with open(path, "rb") as f:
-      h.update(os.path.relpath(path, root).encode() + b"\0" + f.read())
-  out["source_sha256"] = h.hexdigest()[:16]
-  def git(*args):
-    return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=10,
-                          check=True).stdout.strip()
-  try:
-    out["git_commit"] = git("rev-parse", "HEAD") or None
-    # A copied working tree can sit on an older commit: then source_sha256 names the code.
-    out["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no", "--",
-                                "ssmax_jax", "configs"))
-  except (OSError, subprocess.SubprocessError):
-    out["git_commit"] = out["git_dirty"] = None
+  out["source_sha256"] = provenance.source_digest()  # the code that ran, with or without git
+  out["git_commit"], out["git_dirty"] = provenance.git_state()
   return out
 
 

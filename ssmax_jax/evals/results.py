@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from ssmax_jax.evals import provenance
+
 # The eight variants, in the paper's order, with what each is.
 VARIANTS = {
     "softmax": "(a) softmax",
@@ -383,6 +385,22 @@ def _fmt(x, spec):
   return "—" if x is None else format(x, spec)
 
 
+CODE_KEYS = ("source_sha256", "git_commit", "git_dirty")
+
+
+def _code_line(versions) -> str:
+  """The commit that ran, found from the sources' digest (a summary's git_commit can be stale)."""
+  digest = versions.get("source_sha256")
+  commit = digest and provenance.commit_with_digest(digest)
+  if commit:
+    return (f"commit {commit[:7]} (its ssmax_jax/ and configs/ sources have the run's "
+            f"source_sha256 {digest})")
+  reported = versions.get("git_commit")
+  return (f"source_sha256 {digest or 'not recorded'}, found in no commit of this checkout's main "
+          f"line; the run's checkout reported commit {reported[:7] if reported else 'none'}"
+          + (" with uncommitted changes" if versions.get("git_dirty") else ""))
+
+
 def render(found, out_path: str, *, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_LEN,
            command: str = "") -> str:
   """Writes the results page (markdown) to out_path and returns it."""
@@ -507,10 +525,10 @@ def render(found, out_path: str, *, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_L
   done = {s["variant"] for _, s in found}
   for d, s in found:
     dev = s["device"]
-    vers = ", ".join(f"{k} {v}" for k, v in s["versions"].items() if v)
+    vers = ", ".join(f"{k} {v}" for k, v in s["versions"].items() if v and k not in CODE_KEYS)
     lines += [f"### `{s['variant']}`", "", "```", s["command"], "```", "",
               f"- device: {dev['count']} x {dev['kind']} ({dev['platform']}); created "
-              f"{s['created']}", f"- versions: {vers}",
+              f"{s['created']}", f"- versions: {vers}", "- code: " + _code_line(s["versions"]),
               f"- corpus: {s['corpus']['name']} ({s['corpus'].get('train_tokens', 0):,} train / "
               f"{s['corpus'].get('validation_tokens', 0):,} validation tokens, tokenizer "
               f"{s['corpus']['tokenizer']})",
