@@ -7,6 +7,7 @@ train step (forward, fused chunked loss, backward, AdamW) on random tokens, batc
   python -m experiments.bench_train --model=h200_small --batch=128 --breakdown \
       --pipeline_data=DIR --workers=4,8 --real_tokens       # issue 6's preset on real text
 
+--dump_hlo=DIR writes each configuration's compiled step (optimized HLO) there;
 --breakdown adds the loss forward alone and forward+backward without the optimizer;
 --pipeline_data times the grain input pipeline alone; --real_tokens steps on a batch of it.
 
@@ -14,7 +15,10 @@ Prints one line per configuration as it is measured, then a table. MFU counts
 6 x non-embedding parameters + 6 x layers x T x d_model FLOPs per token (as
 shared/bench/jax_gpt_anchor.py) against config.train.peak_tflops or the device's known peak.
 """
+import gzip
 import itertools
+import os
+import re
 import time
 
 from flax import nnx
@@ -59,6 +63,9 @@ _PROFILE_TOP = flags.DEFINE_integer("profile_top", 15, "Kernels listed in the pr
 _PROFILE_DIR = flags.DEFINE_string("profile_dir", "/tmp/ssmax_bench_profile",
                                    "Where the traces go (open in TensorBoard/XProf).")
 _WORKERS = flags.DEFINE_list("workers", ["4"], "data.worker_count values for --pipeline_data.")
+_DUMP_HLO = flags.DEFINE_string("dump_hlo", "", "A folder: write each configuration's compiled "
+                                 "train step (optimized HLO, gzipped), to map the profile's "
+                                 "fusion names to the ops they hold.")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time the loss forward alone and the "
                                "forward+backward without the optimizer update.")
 
@@ -80,7 +87,16 @@ def _config(attention, vocab_pad, chunk, remat, logits_dtype, loss_implementatio
   return c
 
 
-def measure(config) -> dict:
+def dump_hlo(st, batch, name):
+  """Writes the optimized HLO of st's train step on batch to --dump_hlo/<name>.hlo.txt.gz."""
+  os.makedirs(_DUMP_HLO.value, exist_ok=True)
+  text = st.step_fn.lower(st.state, batch).compile().as_text()
+  path = os.path.join(_DUMP_HLO.value, re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".hlo.txt.gz")
+  with gzip.open(path, "wt") as f:
+    f.write(text)
+
+
+def measure(config, name="step") -> dict:
   cfg = config_lib.validate(config)
   mesh = mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   tx = make_optimizer(config.optimizer, config.train.num_steps)
@@ -104,6 +120,8 @@ def measure(config) -> dict:
                          mesh_lib.batch_sharding(mesh))
   parts = _time_parts(st, batch, config, mesh) if _BREAKDOWN.value else {}
   with jax.set_mesh(mesh):
+    if _DUMP_HLO.value:
+      dump_hlo(st, batch, name)
     t0 = time.perf_counter()
     st.state, metrics = st.step_fn(st.state, batch)
     jax.block_until_ready(metrics)
@@ -188,7 +206,7 @@ def main(argv):
     name = (f"attention={attention} vocab_pad={pad} chunk={chunk} remat={remat} "
             f"logits={logits} loss={loss_impl}")
     r = measure(_config(attention, int(pad), int(chunk), remat.lower() == "true", logits,
-                        loss_impl))
+                        loss_impl), name)
     mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.3f}"
     parts = "".join(f" {k}={r[k]:.1f}" for k in ("forward_ms", "forward_backward_ms") if k in r)
     print(f"{name}: params={r['params'] / 1e6:.1f}M init={r['init_s']:.0f}s "

@@ -3,7 +3,8 @@
 # in the same run (docs/WORKSPACE.md, "Run on a GPU"):
 #   1. the paper model's SSMax train step with float32 and bfloat16 loss logits, each with the
 #      XLA loss and the Pallas loss kernel, device time by kernel (top 40); 32,768-token loss
-#      chunks; the h200_small preset's step;
+#      chunks; the compiled steps' HLO (hlo.tgz) to tell which ops each profiled fusion holds
+#      (the h200_small step was measured by scripts/reproduce_calibration.sh);
 #   2. the same under two XLA flag sets (cuBLAS-only GEMMs; while loops in CUDA graphs);
 #   3. the anchors of shared/bench (if copied to .devcarry/bench);
 #   4. the GPU tests.
@@ -14,14 +15,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh" gpu_calibration
 echo "== paper_162m step, profiled"
 timeout 200 python3 -m experiments.bench_train --attention=ssmax --vocab_pad=64 \
   --logits_dtype=float32,bfloat16 --loss_implementation=xla,pallas --profile_steps=3 \
-  --profile_top=40 2>&1 | quiet | tee "$out/bench_train.log"
+  --profile_top=40 --dump_hlo=/tmp/hlo 2>&1 | quiet | tee "$out/bench_train.log"
+tar czf "$out/hlo.tgz" -C /tmp hlo  # the profile's fusion names, resolved in the compiled HLO
 timeout 100 python3 -m experiments.bench_train --attention=ssmax --vocab_pad=64 --chunk=32768 \
   --logits_dtype=bfloat16 --loss_implementation=xla,pallas 2>&1 | quiet | grep "|" \
   | tee -a "$out/bench_train.log"
-echo "== h200_small step (issue 6's preset)"
-timeout 100 python3 -m experiments.bench_train --model=h200_small --batch=128 --attention=ssmax \
-  --vocab_pad=64 --logits_dtype=bfloat16 --loss_implementation=xla,pallas 2>&1 | quiet \
-  | grep "|" | tee -a "$out/bench_train.log"
 
 # XLA flag sets, one process each (XLA_FLAGS is read at start): cuBLAS-only GEMMs; the loss's
 # chunk loop inside CUDA graphs (conditional nodes) instead of host-driven iterations.
