@@ -4,7 +4,8 @@
 #   1. the paper model's SSMax train step with float32 and bfloat16 loss logits, each with the
 #      XLA loss and the Pallas loss kernel, device time by kernel (top 40); 32,768-token loss
 #      chunks; the compiled steps' HLO (hlo.tgz) to tell which ops each profiled fusion holds
-#      (the h200_small step was measured by scripts/reproduce_calibration.sh);
+#      (the h200_small step was measured by scripts/reproduce_calibration.sh); the attention
+#      backend in the step (cuDNN against ours);
 #   2. the same under two XLA flag sets (cuBLAS-only GEMMs; while loops in CUDA graphs);
 #   3. the anchors of shared/bench (if copied to .devcarry/bench);
 #   4. the GPU tests.
@@ -20,6 +21,11 @@ tar czf "$out/hlo.tgz" -C /tmp hlo  # the profile's fusion names, resolved in th
 timeout 100 python3 -m experiments.bench_train --attention=ssmax --vocab_pad=64 --chunk=32768 \
   --logits_dtype=bfloat16 --loss_implementation=xla,pallas 2>&1 | quiet | grep "|" \
   | tee -a "$out/bench_train.log"
+# The attention backend in the step: cuDNN (the op's choice here) multiplies q by s·log(n) outside
+# the kernel; ours applies it inside.
+timeout 100 python3 -m experiments.bench_train --attention=ssmax --vocab_pad=64 \
+  --logits_dtype=bfloat16 --loss_implementation=pallas --attention_impl=cudnn,pallas 2>&1 \
+  | quiet | grep "|" | tee -a "$out/bench_train.log"
 
 # XLA flag sets, one process each (XLA_FLAGS is read at start): cuBLAS-only GEMMs; the loss's
 # chunk loop inside CUDA graphs (conditional nodes) instead of host-driven iterations.
