@@ -89,6 +89,7 @@ def test_claims_follow_the_numbers(tmp_path):
   assert "not run |" not in text and text.count("**reproduced**") == 6
   assert "(b) 2.9920 (-0.0080)" in text  # the numbers behind the verdict
   assert "[needle.png](ssmax/needle.png)" in text  # figure links relative to the page
+  assert "](results.png)" in text and (tmp_path / "results.png").stat().st_size > 10_000
   assert "not train on the same corpus" not in text
   assert "| 500 steps of 128 x 1024 |" in text
   other = json.loads(open(os.path.join(dirs[1], "summary.json")).read())
@@ -150,6 +151,7 @@ def test_missing_or_small_variants_are_not_run(tmp_path):
   assert "| *0.90* | *0.90* | *0.90* | *0.00* | *0.00* | 20 | none: zero-shot, not counted |" in text
 
   empty = results.render(results.gather([]), str(tmp_path / "none.md"))
+  assert "](none.png)" not in empty and not (tmp_path / "none.png").exists()
   for name in results.VARIANTS.values():
     assert f"| {name} | not run |" in empty
   assert empty.count("**not run**") == len(results.CLAIMS)

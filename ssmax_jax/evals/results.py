@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from ssmax_jax.evals import provenance
+from ssmax_jax.evals import common, provenance
 
 # The eight variants, in the paper's order, with what each is.
 VARIANTS = {
@@ -401,6 +401,45 @@ def _code_line(versions) -> str:
           + (" with uncommitted changes" if versions.get("git_dirty") else ""))
 
 
+def plot_comparison(rws, path: str) -> bool:
+  """Every variant that ran on one figure: mean test loss by context length at RoPE θ×1 and
+  θ×50, and needle accuracy (fine-tuned models, θ×50). Variants below the issue's scale are
+  dashed. Returns False (and writes nothing) when no variant has metrics."""
+  ran = [(i, VARIANTS[v], r) for i, (v, r) in enumerate(rws.items()) if r]
+  if not ran:
+    return False
+  plt = common.pyplot()
+  panels = [("loss", "1", "Mean test loss, RoPE θ×1", "mean loss over the context"),
+            ("loss", LONG_THETA, f"Mean test loss, RoPE θ×{LONG_THETA}",
+             "mean loss over the context"),
+            ("needle", LONG_THETA, f"Needle accuracy after fine-tuning, θ×{LONG_THETA}",
+             "exact match (mean over depths)")]
+  fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+  for ax, (kind, theta, title, ylabel) in zip(axes, panels):
+    ticks = set()
+    for i, name, r in ran:  # one colour per variant on every page
+      curve = r["metrics"].get(kind, {}).get(theta)
+      if curve:
+        xs = sorted(curve, key=float)
+        ticks.update(float(x) for x in xs)
+        ax.plot([float(x) for x in xs], [curve[x] for x in xs], marker="o", label=name,
+                color=f"C{i}", linestyle="-" if r["at_scale"] else "--")
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(ticks), [f"{t:g}x" for t in sorted(ticks)])
+    ax.minorticks_off()
+    ax.set_xlabel("context length (x the training length)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.axvline(1.0, color="gray", linestyle=":", linewidth=1)
+  axes[-1].set_ylim(-0.03, 1.03)
+  handles, labels = axes[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
+  fig.tight_layout(rect=(0, 0.12, 1, 1))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
 def render(found, out_path: str, *, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_LEN,
            command: str = "") -> str:
   """Writes the results page (markdown) to out_path and returns it."""
@@ -513,6 +552,11 @@ def render(found, out_path: str, *, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_L
   lines.append("")
 
   lines += ["## Figures", ""]
+  figure = os.path.splitext(out_path)[0] + ".png"
+  if plot_comparison(rws, figure):
+    lines += [f"![Every variant: loss and needle accuracy by context length]"
+              f"({os.path.basename(figure)})", "",
+              "Every variant by context length (dashed: below the issue's scale). Per call:", ""]
   if not found:
     lines.append("None yet.")
   for d, s in found:
