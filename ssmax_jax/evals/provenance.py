@@ -64,7 +64,8 @@ def commit_with_digest(digest: str, root: str = ROOT, max_commits: int = 2000) -
   first parents (the main line), the oldest of the newest run of consecutive commits with those
   sources. None if none of the last max_commits has them, or if root is no git checkout."""
   try:
-    commits = _git(root, "rev-list", "--first-parent", f"--max-count={max_commits}", "HEAD").decode().split()
+    commits = _git(root, "rev-list", "--first-parent", f"--max-count={max_commits}",
+                   "HEAD").decode().split()
     blobs = {}  # blob id -> contents, read once for all commits
     found = None
     for commit in commits:
