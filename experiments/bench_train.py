@@ -90,10 +90,9 @@ def _config(attention, vocab_pad, chunk, remat, logits_dtype, loss_implementatio
   return c
 
 
-def dump_hlo(st, batch, name):
-  """Writes the optimized HLO of st's train step on batch to --dump_hlo/<name>.hlo.txt.gz."""
+def dump_hlo(text, name):
+  """Writes a compiled step's optimized HLO to --dump_hlo/<name>.hlo.txt.gz."""
   os.makedirs(_DUMP_HLO.value, exist_ok=True)
-  text = st.step_fn.lower(st.state, batch).compile().as_text()
   path = os.path.join(_DUMP_HLO.value, re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".hlo.txt.gz")
   with gzip.open(path, "wt") as f:
     f.write(text)
@@ -123,8 +122,11 @@ def measure(config, name="step") -> dict:
                          mesh_lib.batch_sharding(mesh))
   parts = _time_parts(st, batch, config, mesh) if _BREAKDOWN.value else {}
   with jax.set_mesh(mesh):
+    hlo = None
+    if _DUMP_HLO.value or _PROFILE.value:  # the profile names fusions the HLO defines
+      hlo = st.step_fn.lower(st.state, batch).compile().as_text()
     if _DUMP_HLO.value:
-      dump_hlo(st, batch, name)
+      dump_hlo(hlo, name)
     t0 = time.perf_counter()
     st.state, metrics = st.step_fn(st.state, batch)
     jax.block_until_ready(metrics)
@@ -144,6 +146,7 @@ def measure(config, name="step") -> dict:
         jax.block_until_ready(m)
       path = profiling.trace_steps(one_step, _PROFILE.value, _PROFILE_DIR.value)
       profile = profiling.device_time_by_kernel(path, _PROFILE.value)
+      profile["sources"] = profiling.fusion_sources(hlo)
   num_params = count_params(st.objects()[0])
   tps = B * T / dt
   peak = trainer._peak_flops(config)
@@ -218,7 +221,8 @@ def main(argv):
           f"step={r['step_ms']:.1f}ms tokens/s={r['tokens_per_s']:,.0f} MFU={mfu} "
           f"loss={r['loss']:.3f}", flush=True)
     if r["profile"] is not None:
-      print(profiling.format_summary(r["profile"], top=_PROFILE_TOP.value), flush=True)
+      print(profiling.format_summary(r["profile"], top=_PROFILE_TOP.value,
+                                     sources=r["profile"]["sources"]), flush=True)
     rows.append((name, r))
   print("\n| configuration | step ms | tokens/s | MFU |\n|---|---|---|---|")
   for name, r in rows:

@@ -16,7 +16,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh" gpu_calibration
 # In order of importance, so that a call cut at its 10 minutes loses the least: the profiled step,
 # then the anchors (a comparison holds only within one run), then the rest.
 echo "== paper_162m step, profiled"
-timeout 200 python3 -m experiments.bench_train --attention=ssmax --vocab_pad=64 \
+timeout 240 python3 -m experiments.bench_train --attention=ssmax --vocab_pad=64 \
   --logits_dtype=float32,bfloat16 --loss_implementation=xla,pallas --profile_steps=3 \
   --profile_top=40 --dump_hlo=/tmp/hlo 2>&1 | quiet | tee "$out/bench_train.log"
 tar czf "$out/hlo.tgz" -C /tmp hlo  # the profile's fusion names, resolved in the compiled HLO

@@ -41,3 +41,38 @@ def test_trace_steps_on_this_machine(tmp_path):
   assert summary["per_step_ms"] > 0 and summary["kernels"]
   with pytest.raises(ValueError, match="num_steps=0"):
     profiling.trace_steps(lambda: None, 0, str(tmp_path))
+
+
+def _two_fusions(x):
+  y = jnp.tanh(x @ x)  # line A
+  return jnp.sum(jnp.exp(y) * 2.0, axis=-1)  # line B
+
+
+def test_fusion_sources_name_the_code_of_each_kernel(tmp_path):
+  import inspect
+  first = inspect.getsourcelines(_two_fusions)[1]
+  line_a, line_b = first + 1, first + 2
+  f = jax.jit(_two_fusions)
+  x = jnp.ones((128, 128))
+  f(x).block_until_ready()
+  sources = profiling.fusion_sources(f.lower(x).compile().as_text())
+  assert sources, "no fusion found in the compiled module"
+  here = f"test_profiling.py:{{}} _two_fusions"
+  assert set(sources.values()) <= {here.format(line_a), here.format(line_b),
+                                   f"{here.format(line_a)}, {here.format(line_b)}",
+                                   f"{here.format(line_b)}, {here.format(line_a)}"}
+  assert any(here.format(line_b) in v for v in sources.values())
+  # The kernels of a trace of the same function find their source (names as the trace has them).
+  path = profiling.trace_steps(lambda: f(x).block_until_ready(), 1, str(tmp_path))
+  summary = profiling.device_time_by_kernel(path, 1)
+  table = profiling.format_summary(summary, sources=sources)
+  assert "| source |" in table and here.format(line_b) in table
+  assert profiling.fusion_sources("") == {}
+
+
+def test_fusion_sources_prefer_the_library_frame():
+  from ssmax_jax.nn.layers import rope
+  g = jax.jit(lambda x: rope(x, jnp.broadcast_to(jnp.arange(16), (2, 16)), 10000.0) * 3.0)
+  x = jnp.ones((2, 16, 4, 8))
+  sources = profiling.fusion_sources(g.lower(x).compile().as_text())
+  assert any("ssmax_jax/nn/layers.py:" in v and " rope" in v for v in sources.values())

@@ -9,6 +9,7 @@ import glob
 import gzip
 import json
 import os
+import re
 
 import jax
 
@@ -100,12 +101,90 @@ def device_time_by_kernel(trace_path: str, num_steps: int) -> dict:
                for n, ms in total.most_common()])
 
 
-def format_summary(summary: dict, top: int = 15) -> str:
-  """The summary as two markdown tables (categories, then the top kernels)."""
+_SECTION_ROW = re.compile(r'^(\d+) (?:"(.*)"|\{(.*)\})$')
+_FIELD = re.compile(r"(\w+)=(\d+)")
+_FUSION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? fusion\(.*?calls=%?([\w.\-]+)")
+_COMPUTATION = re.compile(r"^%?([\w.\-]+) \(.*\{$")
+_FRAME_ID = re.compile(r"stack_frame_id=(\d+)")
+
+
+def _kernel_key(name: str) -> str:
+  """HLO names use '.' and '-' where GPU kernel names have '_' (loop_add_fusion.3 -> _3)."""
+  return re.sub(r"[.\-]", "_", name)
+
+
+def fusion_sources(hlo_text: str, prefer: str = "ssmax_jax/") -> dict:
+  """{kernel name: 'file:line function, ...'} for every fusion of a compiled module's text
+  (`jitted.lower(...).compile().as_text()`): the source lines of the ops it holds, most ops
+  first, up to three. Each op's line is the innermost frame of its stack under `prefer` (this
+  library's code), else its innermost frame. Kernels with no fusion of that name (cuBLAS,
+  cuDNN, custom calls) are absent."""
+  sections, section = collections.defaultdict(dict), None
+  computations, current, fusions = collections.defaultdict(list), None, {}
+  for line in hlo_text.splitlines():
+    if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
+      section = line
+      continue
+    row = _SECTION_ROW.match(line) if section else None
+    if row:
+      sections[section][int(row.group(1))] = (row.group(2) if row.group(2) is not None
+                                              else dict((k, int(v)) for k, v in
+                                                        _FIELD.findall(row.group(3))))
+      continue
+    section = None
+    if (m := _COMPUTATION.match(line)):
+      current = m.group(1)
+    elif line.startswith("}"):
+      current = None
+    elif current is not None:
+      computations[current].append(line)
+    if (m := _FUSION.match(line)):
+      fusions[m.group(1)] = m.group(2)
+
+  names, functions = sections["FileNames"], sections["FunctionNames"]
+  locations, frames = sections["FileLocations"], sections["StackFrames"]
+
+  def where(frame_id):
+    """The chosen frame's 'file:line function' (parent ids are printed one above the frame's,
+    0 for none)."""
+    chain = []
+    while frame_id in frames and len(chain) < 64:
+      loc = locations.get(frames[frame_id]["file_location_id"])
+      if loc:
+        chain.append(loc)
+      frame_id = frames[frame_id].get("parent_frame_id", 0) - 1
+    if not chain:
+      return None
+    loc = next((l for l in chain if prefer in names.get(l["file_name_id"], "")), chain[0])
+    path = names.get(loc["file_name_id"], "?")
+    short = path[path.index(prefer):] if prefer in path else os.path.basename(path)
+    return f"{short}:{loc.get('line', 0)} {functions.get(loc.get('function_name_id'), '')}".strip()
+
+  out = {}
+  for fusion, computation in fusions.items():
+    counts = collections.Counter()
+    for line in computations.get(computation, ()):
+      if (m := _FRAME_ID.search(line)) and (w := where(int(m.group(1)))):
+        counts[w] += 1
+    if counts:
+      out[_kernel_key(fusion)] = ", ".join(w for w, _ in counts.most_common(3))
+  return out
+
+
+def format_summary(summary: dict, top: int = 15, sources: dict | None = None) -> str:
+  """The summary as two markdown tables (categories, then the top kernels); `sources`
+  (fusion_sources) adds the code each fused kernel comes from."""
   lines = [f"device time per step: {summary['per_step_ms']:.2f} ms (kernels summed)", "",
            "| category | ms/step | share |", "|---|---|---|"]
   lines += [f"| {c} | {ms:.2f} | {share:.1%} |" for c, ms, share in summary["categories"]]
-  lines += ["", "| kernel | category | ms/step | calls/step | share |", "|---|---|---|---|---|"]
-  lines += [f"| `{n[:70]}` | {c} | {ms:.3f} | {k:g} | {share:.1%} |"
-            for n, c, ms, k, share in summary["kernels"][:top]]
+  if sources is None:
+    lines += ["", "| kernel | category | ms/step | calls/step | share |", "|---|---|---|---|---|"]
+    lines += [f"| `{n[:70]}` | {c} | {ms:.3f} | {k:g} | {share:.1%} |"
+              for n, c, ms, k, share in summary["kernels"][:top]]
+  else:
+    lines += ["", "| kernel | category | ms/step | calls/step | share | source |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| `{n[:70]}` | {c} | {ms:.3f} | {k:g} | {share:.1%} | "
+              f"{sources.get(_kernel_key(n), '')} |"
+              for n, c, ms, k, share in summary["kernels"][:top]]
   return "\n".join(lines)
