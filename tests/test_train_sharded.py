@@ -41,6 +41,17 @@ _SCRIPT = textwrap.dedent("""
       config.mesh.shape = shape
       train(config, f"{sys.argv[1]}/{name}")
       out[name] = [r["loss"] for r in read_metrics(f"{sys.argv[1]}/{name}")]
+    # The Pallas loss kernel (interpret mode here) on each device's rows of a data x fsdp mesh.
+    config = _config()
+    config.mesh.shape = (4, 2, 1)
+    config.train.loss_implementation = "pallas"
+    train(config, f"{sys.argv[1]}/pallas_loss")
+    out["pallas_loss"] = [r["loss"] for r in read_metrics(f"{sys.argv[1]}/pallas_loss")]
+    config.mesh.shape = (1, 1, 8)
+    try:
+      train(config, f"{sys.argv[1]}/pallas_tensor")
+    except ValueError as e:
+      out["pallas_tensor"] = str(e)
     config = _config()
     config.train.batch_size = 4
     try:
@@ -68,6 +79,8 @@ def test_sharded_losses_match_one_device(tmp_path):
   assert len(want) == 3 and want[-1] < want[0]
   for name in MESHES:
     np.testing.assert_allclose(sharded[name], want, rtol=2e-5, err_msg=name)
+  np.testing.assert_allclose(sharded["pallas_loss"], want, rtol=1e-4, err_msg="pallas loss")
+  assert "splits the vocabulary over 8 tensor shards" in sharded["pallas_tensor"]
   assert "batch_size=4 must be divisible" in sharded["bad_batch"]
   assert "data x fsdp = 8" in sharded["bad_batch"]
 

@@ -53,7 +53,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Storage of those logits: 'float32', or 'bfloat16' (half the loss's memory traffic, as in
   # most training stacks); the loss itself is always computed in float32 (train/loss.py).
   c.train.loss_logits_dtype = "float32"
-  # 'xla', or 'pallas': one kernel reads each chunk's logits twice instead of four times (one GPU).
+  # 'xla', or 'pallas': one kernel reads each chunk's logits twice instead of four times (GPU;
+  # data and fsdp meshes, not a vocabulary split over the tensor axis).
   c.train.loss_implementation = "xla"
   c.train.log_every = 10
   c.train.peak_tflops = config_dict.placeholder(float)  # per device; None: known devices only

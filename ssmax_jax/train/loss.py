@@ -10,7 +10,8 @@ The logits are stored in `logits_dtype` between the matmul and the reductions (f
 default; bfloat16 halves the loss's memory traffic, as computing the output layer in bf16 does in
 most training stacks); the reductions and the probabilities are always computed in float32.
 `implementation='pallas'` does those in one kernel that reads each chunk's logits twice
-(ssmax_jax/kernels/cross_entropy_gpu.py) where XLA reads them four times: GPU, one device.
+(ssmax_jax/kernels/cross_entropy_gpu.py) where XLA reads them four times: GPU, on each device's
+rows of a data/fsdp mesh (not with the vocabulary split over a tensor axis).
 """
 import functools
 
@@ -18,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import PartitionSpec as P
+
 from ssmax_jax.kernels import cross_entropy_gpu
-from ssmax_jax.nn.partitioning import shard
+from ssmax_jax.nn.partitioning import fit_spec, logical_to_spec, shard
 
 
 def _num_chunks(B, T, chunk_tokens):
@@ -33,6 +36,38 @@ def _num_chunks(B, T, chunk_tokens):
 
 LOGITS_DTYPES = ("float32", "bfloat16")
 IMPLEMENTATIONS = ("xla", "pallas")
+
+
+def _row_split(num_rows, num_cols):
+  """(spec of [rows, vocab] logits under the mesh in use, devices the rows are split over)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return None, 1
+  spec = fit_spec((num_rows, num_cols), logical_to_spec(("act_batch", "act_vocab")), mesh.shape)
+
+  def size(axes):
+    axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+  if size(spec[1]) > 1:
+    raise ValueError(f"loss implementation 'pallas' needs whole rows of logits on each device, "
+                     f"but the mesh splits the vocabulary over {spec[1]!r}: use a mesh without "
+                     "tensor parallelism (config.mesh.shape with tensor 1), or 'xla'.")
+  return P(spec[0], None), size(spec[0])
+
+
+def _fused_loss_and_grad(logits_MV, targets_M, weights_M, vocab_size, grad_dtype):
+  """The loss kernel on each device's own rows (rows follow the batch sharding; shard_map keeps
+  XLA from gathering them), or on all rows without a mesh."""
+  kernel = functools.partial(cross_entropy_gpu.cross_entropy_with_grad, vocab_size=vocab_size,
+                             grad_dtype=grad_dtype, interpret=jax.default_backend() == "cpu")
+  spec, shards = _row_split(*logits_MV.shape)
+  if shards == 1:
+    return kernel(logits_MV, targets_M, weights_M)
+  rows = P(spec[0])
+  # check_vma=False: the kernel's outputs are per-row, varying exactly as its inputs do.
+  return jax.shard_map(kernel, mesh=jax.sharding.get_abstract_mesh(), in_specs=(spec, rows, rows),
+                       out_specs=(rows, spec), check_vma=False)(logits_MV, targets_M, weights_M)
 
 
 def check_options(logits_dtype, implementation="xla"):
@@ -52,10 +87,13 @@ def _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens
   C = _num_chunks(B, T, chunk_tokens)
   w_c = w_DV.astype(h_BTD.dtype)
   fused = with_grads and implementation == "pallas"
-  if fused and not cross_entropy_gpu.supported(B * (T // C)):
-    raise ValueError(f"loss implementation 'pallas' needs chunks of a multiple of "
-                     f"{cross_entropy_gpu.BLOCK_ROWS} tokens; batch {B} x {T // C} positions has "
-                     f"{B * (T // C)}: change the batch or train.loss_chunk_tokens, or use 'xla'.")
+  if fused:
+    shards = _row_split(B * (T // C), V)[1]
+    if (B * (T // C)) % shards or not cross_entropy_gpu.supported(B * (T // C) // shards):
+      raise ValueError(f"loss implementation 'pallas' needs chunks of a multiple of "
+                       f"{cross_entropy_gpu.BLOCK_ROWS} tokens per device; batch {B} x {T // C} "
+                       f"positions over {shards} device(s) has {B * (T // C) / shards:g}: change "
+                       "the batch or train.loss_chunk_tokens, or use 'xla'.")
 
   def chunks(x):  # [B, T, ...] -> [C, B, T/C, ...]
     return jnp.moveaxis(x.reshape(B, C, T // C, *x.shape[2:]), 1, 0)
@@ -67,10 +105,9 @@ def _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens
     logits_BtV = shard(logits_BtV, ("act_batch", "act_seq", "act_vocab"))
     if fused:
       Bc, t = tgt_Bt.shape
-      loss_M, dlogits_MV = cross_entropy_gpu.cross_entropy_with_grad(
-          logits_BtV.reshape(Bc * t, V), tgt_Bt.reshape(-1), wt_Bt.reshape(-1),
-          vocab_size=vocab_size, grad_dtype=h_BTD.dtype,
-          interpret=jax.default_backend() == "cpu")
+      loss_M, dlogits_MV = _fused_loss_and_grad(
+          logits_BtV.reshape(Bc * t, V), tgt_Bt.reshape(-1), wt_Bt.reshape(-1), vocab_size,
+          h_BTD.dtype)
       loss_sum += jnp.sum(loss_M)
       dlogits_BtV = dlogits_MV.reshape(Bc, t, V)
     else:

@@ -62,10 +62,13 @@ def _check_run(config, cfg, mesh):
   if t.batch_size % jax.process_count():
     raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by the "
                      f"number of processes ({jax.process_count()}).")
-  if t.loss_implementation == "pallas" and (mesh.size > 1 or jax.default_backend() == "tpu"):
-    raise ValueError("config.train.loss_implementation='pallas' runs on one GPU (its kernel "
-                     f"needs whole rows of logits on one device; this mesh has {mesh.size} "
-                     f"{jax.default_backend()} devices): use 'xla'.")
+  if t.loss_implementation == "pallas" and jax.default_backend() == "tpu":
+    raise ValueError("config.train.loss_implementation='pallas' is a GPU (Triton) kernel: use "
+                     "'xla' on TPU.")
+  if t.loss_implementation == "pallas" and mesh.shape["tensor"] > 1:
+    raise ValueError("config.train.loss_implementation='pallas' needs whole rows of logits on "
+                     f"each device, but config.mesh.shape splits the vocabulary over "
+                     f"{mesh.shape['tensor']} tensor shards: use tensor 1 or 'xla'.")
   tokenizer = data_lib.get_tokenizer(config.data.tokenizer)
   if cfg.vocab_size < tokenizer.vocab_size:
     raise ValueError(f"config.model.vocab_size={cfg.vocab_size} is smaller than the "
