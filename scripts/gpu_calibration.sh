@@ -6,7 +6,8 @@
 #      steps' HLO (hlo.tgz) to tell which ops each profiled fusion holds (the h200_small step
 #      was measured by scripts/reproduce_calibration.sh);
 #   2. the anchors of shared/bench (if copied to .devcarry/bench);
-#   3. the attention backend in the step (cuDNN against ours); two XLA flag sets (cuBLAS-only
+#   3. the loss kernel alone at several tile settings (bench_loss_kernel); the attention backend
+#      in the step (cuDNN against ours); two XLA flag sets (cuBLAS-only
 #      GEMMs; while loops in CUDA graphs); 32,768-token loss chunks;
 #   4. the GPU tests.
 # Usage on the device (from the repo root, .devcarry carried): bash scripts/gpu_calibration.sh
@@ -26,6 +27,10 @@ if [ -d .devcarry/bench ]; then
   timeout 150 python3 .devcarry/bench/jax_gpt_anchor.py 2>&1 | quiet | tail -2 | tee "$out/anchors.log"
   timeout 150 python3 .devcarry/bench/torch_gpt_anchor.py 2>&1 | tail -2 | tee -a "$out/anchors.log"
 fi
+
+# The loss kernel alone at several tile settings against XLA (one 8,192-token chunk).
+timeout 90 python3 -m experiments.bench_loss_kernel 2>&1 | quiet | grep -e "|" -e floor \
+  | tee "$out/loss_kernel.log"
 
 # The attention backend in the step: cuDNN (the op's choice here) multiplies q by s·log(n) outside
 # the kernel; ours applies it inside.

@@ -69,9 +69,10 @@ def _kernel(logits_ref, targets_ref, weights_ref, loss_ref, dlogits_ref, *, voca
 
 
 @functools.partial(jax.jit, static_argnames=("vocab_size", "grad_dtype", "block_rows",
-                                             "block_vocab", "interpret"))
+                                             "block_vocab", "num_warps", "interpret"))
 def cross_entropy_with_grad(logits_MV, targets_M, weights_M, *, vocab_size, grad_dtype,
-                            block_rows=BLOCK_ROWS, block_vocab=BLOCK_VOCAB, interpret=False):
+                            block_rows=BLOCK_ROWS, block_vocab=BLOCK_VOCAB, num_warps=NUM_WARPS,
+                            interpret=False):
   """(weight * (logsumexp - target logit) [M] float32, (softmax - onehot) * weight [M, V])."""
   M, V = logits_MV.shape
   if not supported(M, block_rows):
@@ -88,7 +89,7 @@ def cross_entropy_with_grad(logits_MV, targets_M, weights_M, *, vocab_size, grad
                  pl.BlockSpec((block_rows, V), lambda i: (i, 0))],
       out_shape=[jax.ShapeDtypeStruct((M,), jnp.float32),
                  jax.ShapeDtypeStruct((M, V), grad_dtype)],
-      compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=2),
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=2),
       interpret=interpret,
       name="softmax_cross_entropy_with_grad",
   )(logits_MV, targets_M.astype(jnp.int32), weights_M.astype(jnp.float32))

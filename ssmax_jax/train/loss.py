@@ -70,6 +70,24 @@ def _fused_loss_and_grad(logits_MV, targets_M, weights_M, vocab_size, grad_dtype
                        out_specs=(rows, spec), check_vma=False)(logits_MV, targets_M, weights_M)
 
 
+def xla_loss_and_grad(logits_MV, targets_M, weights_M, vocab_size, grad_dtype, with_grad=True):
+  """The kernel's contract in plain XLA: (weight * (logsumexp - target logit) [M] float32,
+  (softmax - onehot) * weight [M, V] in grad_dtype, or None without with_grad); columns from
+  vocab_size on are padding."""
+  V = logits_MV.shape[-1]
+  logits_MV = logits_MV.astype(jnp.float32)
+  if V > vocab_size:  # padding columns take no probability
+    logits_MV = jnp.where(jnp.arange(V) < vocab_size, logits_MV, -jnp.inf)
+  lse_M = jax.nn.logsumexp(logits_MV, axis=-1)
+  onehot_MV = jnp.arange(V) == targets_M[:, None]
+  tgt_logit_M = jnp.sum(jnp.where(onehot_MV, logits_MV, 0.0), axis=-1)
+  loss_M = weights_M * (lse_M - tgt_logit_M)
+  if not with_grad:
+    return loss_M, None
+  dlogits_MV = (jnp.exp(logits_MV - lse_M[:, None]) - onehot_MV) * weights_M[:, None]
+  return loss_M, dlogits_MV.astype(grad_dtype)
+
+
 def check_options(logits_dtype, implementation="xla"):
   if str(np.dtype(logits_dtype)) not in LOGITS_DTYPES:
     raise ValueError(f"logits_dtype={logits_dtype!r} is not supported; choose one of "
@@ -103,25 +121,17 @@ def _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens
     h_BtD, tgt_Bt, wt_Bt = xs
     logits_BtV = jnp.einsum("btd,dv->btv", h_BtD, w_c, preferred_element_type=logits_dtype)
     logits_BtV = shard(logits_BtV, ("act_batch", "act_seq", "act_vocab"))
+    Bc, t = tgt_Bt.shape
+    rows = (logits_BtV.reshape(Bc * t, V), tgt_Bt.reshape(-1), wt_Bt.reshape(-1), vocab_size,
+            h_BTD.dtype)
     if fused:
-      Bc, t = tgt_Bt.shape
-      loss_M, dlogits_MV = _fused_loss_and_grad(
-          logits_BtV.reshape(Bc * t, V), tgt_Bt.reshape(-1), wt_Bt.reshape(-1), vocab_size,
-          h_BTD.dtype)
-      loss_sum += jnp.sum(loss_M)
-      dlogits_BtV = dlogits_MV.reshape(Bc, t, V)
+      loss_M, dlogits_MV = _fused_loss_and_grad(*rows)
     else:
-      logits_BtV = logits_BtV.astype(jnp.float32)
-      if V > vocab_size:  # padding columns take no probability
-        logits_BtV = jnp.where(jnp.arange(V) < vocab_size, logits_BtV, -jnp.inf)
-      lse_Bt = jax.nn.logsumexp(logits_BtV, axis=-1)
-      onehot_BtV = jnp.arange(V) == tgt_Bt[..., None]
-      tgt_logit_Bt = jnp.sum(jnp.where(onehot_BtV, logits_BtV, 0.0), axis=-1)
-      loss_sum += jnp.sum(wt_Bt * (lse_Bt - tgt_logit_Bt))
-      if not with_grads:
-        return (loss_sum, dw_DV), None
-      dlogits_BtV = (jnp.exp(logits_BtV - lse_Bt[..., None]) - onehot_BtV) * wt_Bt[..., None]
-      dlogits_BtV = dlogits_BtV.astype(h_BTD.dtype)
+      loss_M, dlogits_MV = xla_loss_and_grad(*rows, with_grad=with_grads)
+    loss_sum += jnp.sum(loss_M)
+    if not with_grads:
+      return (loss_sum, dw_DV), None
+    dlogits_BtV = dlogits_MV.reshape(Bc, t, V)
     dh_BtD = jnp.einsum("btv,dv->btd", dlogits_BtV, w_c, preferred_element_type=jnp.float32)
     dw_DV = dw_DV + jnp.einsum("btd,btv->dv", h_BtD, dlogits_BtV,
                                preferred_element_type=jnp.float32)

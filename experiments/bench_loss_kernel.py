@@ -1,0 +1,97 @@
+"""The training loss's per-chunk work alone: log-sum-exp, target logit and (softmax - onehot) over
+materialised logits [rows, vocab], by the Pallas kernel at several tile settings and by XLA.
+
+  python -m experiments.bench_loss_kernel                                  # H200: 8,192 x 50,304
+  python -m experiments.bench_loss_kernel --rows=64 --vocab=1000 --tiles=8:256:4 --steps=1
+                                                                           # CPU (interpret mode)
+
+Counted floor: the gradient needs the final normaliser, so the logits are read twice and the
+gradient written once; GB/s below counts those bytes for every row (XLA included), so a row's
+GB/s against the card's ~4.8 TB/s says how far each is from the floor. Each setting is checked
+against XLA's result before it is timed.
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from absl import flags
+
+from ssmax_jax.kernels import cross_entropy_gpu
+from ssmax_jax.train.loss import xla_loss_and_grad
+
+_ROWS = flags.DEFINE_integer("rows", 8192, "Rows (tokens of one loss chunk).")
+_VOCAB = flags.DEFINE_integer("vocab", 50304, "Columns (GPT-2's 50,257 padded to 64).")
+_REAL_VOCAB = flags.DEFINE_integer("real_vocab", 50257, "Columns that are not padding.")
+_DTYPES = flags.DEFINE_list("dtypes", ["bfloat16", "float32"], "Logits dtypes.")
+_TILES = flags.DEFINE_list("tiles", ["8:1024:8", "4:1024:4", "8:2048:8", "16:1024:8",
+                                     "8:512:4", "16:2048:16"],
+                           "Kernel settings block_rows:block_vocab:num_warps.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed calls after one warm-up.")
+
+
+def _time(fn, *args):
+  jax.block_until_ready(fn(*args))
+  t0 = time.perf_counter()
+  for _ in range(_STEPS.value):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t0) / _STEPS.value * 1e3
+
+
+def _tiles():
+  out = []
+  for item in _TILES.value:
+    try:
+      rows, vocab, warps = map(int, item.split(":"))
+    except ValueError:
+      raise ValueError(f"--tiles entry {item!r} is not block_rows:block_vocab:num_warps "
+                       "(e.g. 8:1024:8).") from None
+    out.append((rows, vocab, warps))
+  return out
+
+
+def main(argv):
+  del argv
+  M, V, real = _ROWS.value, _VOCAB.value, min(_REAL_VOCAB.value, _VOCAB.value)
+  tiles = _tiles()
+  bad = [t for t in tiles if M % t[0]]
+  if bad:
+    raise ValueError(f"--tiles {bad}: block_rows must divide --rows={M}.")
+  interpret = jax.default_backend() == "cpu"
+  k = jax.random.split(jax.random.key(0), 3)
+  targets = jax.random.randint(k[1], (M,), 0, real)
+  weights = (jax.random.uniform(k[2], (M,)) > 0.1).astype(jnp.float32)
+  print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, logits {M} x {V} "
+        f"({real} real columns){', interpret mode' if interpret else ''}", flush=True)
+  rows = []
+  for dtype in map(jnp.dtype, _DTYPES.value):
+    logits = (4 * jax.random.normal(k[0], (M, V), jnp.float32)).astype(dtype)
+    counted = M * V * dtype.itemsize * 3  # two reads of the logits, one write of the gradient
+    xla = jax.jit(lambda x, t, w, dtype=dtype: xla_loss_and_grad(x, t, w, real, dtype))
+    want = jax.block_until_ready(xla(logits, targets, weights))
+    ms = _time(xla, logits, targets, weights)
+    rows.append((dtype.name, "XLA", ms, counted / ms / 1e6, 0.0))
+    for block_rows, block_vocab, warps in tiles:
+      fn = jax.jit(lambda x, t, w, br=block_rows, bv=block_vocab, nw=warps, dtype=dtype:
+                   cross_entropy_gpu.cross_entropy_with_grad(
+                       x, t, w, vocab_size=real, grad_dtype=dtype, block_rows=br,
+                       block_vocab=bv, num_warps=nw, interpret=interpret))
+      got = fn(logits, targets, weights)
+      err = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
+                for a, b in zip(got, want))
+      ms = _time(fn, logits, targets, weights)
+      rows.append((dtype.name, f"kernel {block_rows}:{block_vocab}:{warps}", ms,
+                   counted / ms / 1e6, err))
+      print(f"{rows[-1][0]} {rows[-1][1]}: {ms:.3f} ms", flush=True)
+  print("\n| logits | implementation (rows:vocab:warps) | ms | GB/s counted | max abs diff vs "
+        "XLA |\n|---|---|---|---|---|")
+  for dtype, name, ms, gbs, err in rows:
+    print(f"| {dtype} | {name} | {ms:.3f} | {gbs:,.0f} | {err:.2e} |")
+  floor = {d: M * V * jnp.dtype(d).itemsize * 3 / 4.8e12 * 1e3 for d in _DTYPES.value}
+  print("floor at 4.8 TB/s: " + ", ".join(f"{d} {ms:.3f} ms" for d, ms in floor.items()))
+
+
+if __name__ == "__main__":
+  app.run(main)
