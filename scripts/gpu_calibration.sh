@@ -7,8 +7,8 @@
 #      was measured by scripts/reproduce_calibration.sh);
 #   2. the anchors of shared/bench (if copied to .devcarry/bench);
 #   3. the loss kernel alone at several tile settings (bench_loss_kernel); the attention backend
-#      in the step (cuDNN against ours); two XLA flag sets (cuBLAS-only
-#      GEMMs; while loops in CUDA graphs); 32,768-token loss chunks;
+#      in the step (cuDNN against ours); two XLA flag sets (cuBLAS-only GEMMs; while loops in
+#      CUDA graphs); 32,768-token loss chunks;
 #   4. the GPU tests.
 # Usage on the device (from the repo root, .devcarry carried): bash scripts/gpu_calibration.sh
 # Logs go to $OUT (the device tool's folder) or ./gpu_calibration.
