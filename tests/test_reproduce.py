@@ -232,6 +232,10 @@ def test_presets_and_plans():
   with pytest.raises(ValueError, match="--variant='bogus' is unknown"):
     recipe.check_variant("bogus")
 
+  # Needle fine-tuning: the paper's lr (Table 3) at full scale; the H200 probe's choice for the
+  # small model (docs/reproduce.md).
+  assert presets.get_config("paper_162m").recipe.needle_finetune.lr == 2e-5
+
   c = presets.get_config("h200_small")
   phases, models, retrieval = recipe.plan(c, "softmax", "/w", "/data")
   a, e, a_needle, e_needle = phases
