@@ -12,7 +12,6 @@ before timing. Prints a markdown table last and writes the rows as JSON to --out
 import json
 import math
 import sys
-import time
 import traceback
 import types
 
@@ -21,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.timing import median_s
 from ssmax_jax.kernels import triton_gpu
 
 FLAGS = flags.FLAGS
@@ -42,17 +42,6 @@ S_VALUE = 0.43  # a typical learned SSMax s; the value does not change the cost
 
 def _flops(B, T, N, H):
   return 4.0 * B * N * T * T * H / 2
-
-
-def _bench(f, *args, iters):
-  jax.block_until_ready(f(*args))
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def _multiplier(s_N, T):
@@ -169,7 +158,7 @@ def _measure(name, attn, variant, q, k, v, s_N, ref):
       if label == "fwd" and ref is not None:
         out = np.asarray(compiled(q, k, v, s_arg).astype(jnp.float32))
         row["max_abs_err_vs_cudnn"] = float(np.abs(out - ref).max())
-      t = _bench(compiled, q, k, v, s_arg, iters=FLAGS.iters)
+      t = median_s(compiled, q, k, v, s_arg, iters=FLAGS.iters, warmup=2)
       row[f"{label}_ms"] = t * 1e3
       row[f"{label}_tflops"] = mult * _flops(B, T, N, H) / t / 1e12
     except Exception as e:  # noqa: BLE001 -- a failing row is reported, not fatal

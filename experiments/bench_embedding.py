@@ -7,7 +7,6 @@ token ids, for the ways of writing it: why the model gathers from the float32 ta
 Real text repeats a few ids thousands of times per batch (GPT-2's ' ' in Python sources: a third
 of the tokens), so every write of the scatter goes to the same few rows. Prints ms per backward.
 """
-import time
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +14,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from experiments.timing import mean_ms
 from ssmax_jax import data as data_lib
 
 _DATA = flags.DEFINE_string("data", "shakespeare", "A prepared GPT-2 data directory (prep_data).")
@@ -81,13 +81,8 @@ def main(argv):
     grad = jax.jit(lambda t, x, f=lookup: jax.vjp(lambda t: f(t, x), t)[1](g_BTD)[0])
     cells = []
     for tokens in batches.values():
-      tokens = jnp.asarray(tokens, jnp.int32)
-      jax.block_until_ready(grad(table_VD, tokens))
-      t0 = time.perf_counter()
-      for _ in range(_STEPS.value):
-        out = grad(table_VD, tokens)
-      jax.block_until_ready(out)
-      cells.append(f"{(time.perf_counter() - t0) / _STEPS.value * 1e3:.3f} ms")
+      ms = mean_ms(grad, table_VD, jnp.asarray(tokens, jnp.int32), steps=_STEPS.value)
+      cells.append(f"{ms:.3f} ms")
     print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 

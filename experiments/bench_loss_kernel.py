@@ -10,14 +10,12 @@ gradient written once; GB/s below counts those bytes for every row (XLA included
 GB/s against the card's ~4.8 TB/s says how far each is from the floor. Each setting is checked
 against XLA's result before it is timed.
 """
-import time
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app
 from absl import flags
 
+from experiments.timing import mean_ms
 from ssmax_jax.kernels import cross_entropy_gpu
 from ssmax_jax.train.loss import xla_loss_and_grad
 
@@ -29,15 +27,6 @@ _TILES = flags.DEFINE_list("tiles", ["8:1024:8", "4:1024:4", "8:2048:8", "16:102
                                      "8:512:4", "16:2048:16"],
                            "Kernel settings block_rows:block_vocab:num_warps.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed calls after one warm-up.")
-
-
-def _time(fn, *args):
-  jax.block_until_ready(fn(*args))
-  t0 = time.perf_counter()
-  for _ in range(_STEPS.value):
-    out = fn(*args)
-  jax.block_until_ready(out)
-  return (time.perf_counter() - t0) / _STEPS.value * 1e3
 
 
 def _tiles():
@@ -71,7 +60,7 @@ def main(argv):
     counted = M * V * dtype.itemsize * 3  # two reads of the logits, one write of the gradient
     xla = jax.jit(lambda x, t, w, dtype=dtype: xla_loss_and_grad(x, t, w, real, dtype))
     want = jax.block_until_ready(xla(logits, targets, weights))
-    ms = _time(xla, logits, targets, weights)
+    ms = mean_ms(xla, logits, targets, weights, steps=_STEPS.value)
     rows.append((dtype.name, "XLA", ms, counted / ms / 1e6, 0.0))
     for block_rows, block_vocab, warps in tiles:
       fn = jax.jit(lambda x, t, w, br=block_rows, bv=block_vocab, nw=warps, dtype=dtype:
@@ -81,7 +70,7 @@ def main(argv):
       got = fn(logits, targets, weights)
       err = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
                 for a, b in zip(got, want))
-      ms = _time(fn, logits, targets, weights)
+      ms = mean_ms(fn, logits, targets, weights, steps=_STEPS.value)
       rows.append((dtype.name, f"kernel {block_rows}:{block_vocab}:{warps}", ms,
                    counted / ms / 1e6, err))
       print(f"{rows[-1][0]} {rows[-1][1]}: {ms:.3f} ms", flush=True)

@@ -9,13 +9,13 @@ for the backward. The gradients are compared with triton_gpu.backward on the sam
 """
 import json
 import math
-import time
 
 from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.timing import median_s
 from ssmax_jax.kernels import mosaic_gpu, triton_gpu
 
 FLAGS = flags.FLAGS
@@ -23,16 +23,6 @@ flags.DEFINE_string("shapes", "2,8192,16,16,128;1,16384,16,16,128;4,4096,16,4,12
                     "8,2048,12,12,64", "Semicolon-separated B,T,N,K,H.")
 flags.DEFINE_string("variants", "", "Extra ';'-separated Tiles as 6 comma-separated ints.")
 flags.DEFINE_integer("iters", 20, "Timed calls (median).")
-
-
-def _time(f, *args):
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(FLAGS.iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def main(argv):
@@ -56,14 +46,14 @@ def main(argv):
         fwd = jax.jit(lambda q, k, v, c: mosaic_gpu._forward(q, k, v, c, scale=scale,
                                                               causal=True, tiles=tiles))
         o, lse = fwd(q, k, v, c)
-        row["fwd_ms"] = _time(fwd, q, k, v, c) * 1e3
+        row["fwd_ms"] = median_s(fwd, q, k, v, c, iters=FLAGS.iters) * 1e3
         bwd = lambda q, k, v, c, o, lse, do: mosaic_gpu._backward(
             q, k, v, c, o, lse, do, scale=scale, causal=True, tiles=tiles)
         parts = dict(bwd=lambda *a: bwd(*a), dq=lambda *a: bwd(*a)[0::3],
                      dkv=lambda *a: bwd(*a)[1:3])
         for name, f in parts.items():
           f = jax.jit(f)
-          t = _time(f, q, k, v, c, o, lse, do)
+          t = median_s(f, q, k, v, c, o, lse, do, iters=FLAGS.iters)
           row[f"{name}_ms"] = t * 1e3
           row[f"{name}_tflops"] = 2.5 * flops / t / 1e12
         row["fb_tflops"] = 3.5 * flops / (row["fwd_ms"] + row["bwd_ms"]) * 1e3 / 1e12

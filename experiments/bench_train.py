@@ -31,6 +31,7 @@ from absl import flags
 
 from configs import paper_162m
 from configs import reproduce
+from experiments.timing import mean_ms
 from ssmax_jax import data as data_lib
 from ssmax_jax.models.transformer import count_params
 from ssmax_jax.train import config as config_lib
@@ -122,27 +123,28 @@ def measure(config, name="step") -> dict:
                          mesh_lib.batch_sharding(mesh))
   parts = _time_parts(st, batch, config, mesh) if _BREAKDOWN.value else {}
   with jax.set_mesh(mesh):
-    hlo = None
-    if _DUMP_HLO.value or _PROFILE.value:  # the profile names fusions the HLO defines
-      hlo = st.step_fn.lower(st.state, batch).compile().as_text()
+    t0 = time.perf_counter()
+    step_fn, hlo = st.step_fn, None
+    if _DUMP_HLO.value or _PROFILE.value:  # compiled ahead: the profile names the HLO's fusions
+      step_fn = st.step_fn.lower(st.state, batch).compile()
+      hlo = step_fn.as_text()
     if _DUMP_HLO.value:
       dump_hlo(hlo, name)
-    t0 = time.perf_counter()
-    st.state, metrics = st.step_fn(st.state, batch)
+    st.state, metrics = step_fn(st.state, batch)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - t0
     for _ in range(3):
-      st.state, metrics = st.step_fn(st.state, batch)
+      st.state, metrics = step_fn(st.state, batch)
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
     for _ in range(_STEPS.value):
-      st.state, metrics = st.step_fn(st.state, batch)
+      st.state, metrics = step_fn(st.state, batch)
     loss = float(metrics["loss"])  # waits for the last step
     dt = (time.perf_counter() - t0) / _STEPS.value
     profile = None
     if _PROFILE.value:
       def one_step():
-        st.state, m = st.step_fn(st.state, batch)
+        st.state, m = step_fn(st.state, batch)
         jax.block_until_ready(m)
       path = profiling.trace_steps(one_step, _PROFILE.value, _PROFILE_DIR.value)
       profile = profiling.device_time_by_kernel(path, _PROFILE.value)
@@ -155,15 +157,6 @@ def measure(config, name="step") -> dict:
               mfu=tps * flops_per_token(cfg, num_params, T) / peak if peak else None, loss=loss)
 
 
-def _timed(fn, *args):
-  jax.block_until_ready(fn(*args))
-  t0 = time.perf_counter()
-  for _ in range(_STEPS.value):
-    out = fn(*args)
-  jax.block_until_ready(out)
-  return (time.perf_counter() - t0) / _STEPS.value * 1e3
-
-
 def _time_parts(st, batch, config, mesh) -> dict:
   """ms of the loss forward alone and of forward+backward (no optimizer) on the same batch."""
   model = st.objects()[0]
@@ -174,8 +167,9 @@ def _time_parts(st, batch, config, mesh) -> dict:
     return loss_sum(nnx.merge(graphdef, params, rest), batch, **kw)[0]
 
   with jax.set_mesh(mesh):
-    return dict(forward_ms=_timed(jax.jit(loss), params),
-                forward_backward_ms=_timed(jax.jit(jax.value_and_grad(loss)), params))
+    return dict(forward_ms=mean_ms(jax.jit(loss), params, steps=_STEPS.value),
+                forward_backward_ms=mean_ms(jax.jit(jax.value_and_grad(loss)), params,
+                                            steps=_STEPS.value))
 
 
 def time_pipeline(directory, tokenizer, workers) -> float:

@@ -5,6 +5,7 @@ Python reads, so the summary needs no profiler front end on the machine (the sam
 opens in TensorBoard/XProf for the full view).
 """
 import collections
+import functools
 import glob
 import gzip
 import json
@@ -144,6 +145,7 @@ def fusion_sources(hlo_text: str, prefer: str = "ssmax_jax/") -> dict:
   names, functions = sections["FileNames"], sections["FunctionNames"]
   locations, frames = sections["FileLocations"], sections["StackFrames"]
 
+  @functools.cache  # many ops share a frame
   def where(frame_id):
     """The chosen frame's 'file:line function' (parent ids are printed one above the frame's,
     0 for none)."""
