@@ -1,9 +1,10 @@
 """Gathers the summaries of finished `experiments.reproduce` runs into docs/results.md: tables of
 the eight variants (not run where absent), the paper's claims with a verdict each, commands,
-versions and devices.
+versions and devices; with --repeats, the seed repeats and a check of every verdict's margins
+against their spread.
 
   python -m experiments.reproduce_report --results=docs/results/h200_small/softmax,... \
-      --out=docs/results.md
+      [--repeats=docs/results/h200_small/ssmax_seed1] --out=docs/results.md
 """
 import shlex
 import sys
@@ -15,6 +16,8 @@ from ssmax_jax.evals import results
 
 RESULTS = flags.DEFINE_list("results", [], "--out directories of experiments.reproduce runs "
                             "(none: the page with every variant not run).")
+REPEATS = flags.DEFINE_list("repeats", [], "--out directories of runs that train a variant of "
+                            "--results again with other --config.seed and --config.data.seed.")
 OUT = flags.DEFINE_string("out", "docs/results.md", "Markdown file to write.")
 MIN_TOKENS = flags.DEFINE_float("min_tokens", results.MIN_TOKENS,
                                 "Training tokens below which a variant counts as not run.")
@@ -28,14 +31,19 @@ def main(argv):
   command = "python -m experiments.reproduce_report " + shlex.join(sys.argv[1:])
   try:
     found = results.gather(RESULTS.value)
-    results.render(found, OUT.value, min_tokens=MIN_TOKENS.value, min_seq_len=MIN_SEQ_LEN.value,
-                   command=command)
+    repeats = results.gather_repeats(found, REPEATS.value)
+    results.render(found, OUT.value, repeats=repeats, min_tokens=MIN_TOKENS.value,
+                   min_seq_len=MIN_SEQ_LEN.value, command=command)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  verdicts = results.claims(results.rows(found, MIN_TOKENS.value, MIN_SEQ_LEN.value))
-  print(f"wrote {OUT.value} from {len(found)} result directories; claims: "
-        + ", ".join(c["verdict"] for c in verdicts))
+  rws = results.rows(found, MIN_TOKENS.value, MIN_SEQ_LEN.value)
+  verdicts = results.claims(rws, results.seed_groups(rws, repeats, MIN_TOKENS.value,
+                                                     MIN_SEQ_LEN.value))
+  print(f"wrote {OUT.value} from {len(found)} result directories and {len(repeats)} seed "
+        "repeats; claims: " + ", ".join(
+            c["verdict"] + (" (margins within seed noise)" if c["within_noise"] else "")
+            for c in verdicts))
 
 
 if __name__ == "__main__":

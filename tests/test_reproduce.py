@@ -11,6 +11,7 @@ import pytest
 from configs import reproduce as presets
 from ssmax_jax import data
 from ssmax_jax.evals import recipe, results
+from ssmax_jax.train import default_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MULTIPLES = (1, 2, 5, 10, 20)
@@ -156,6 +157,51 @@ def test_missing_or_small_variants_are_not_run(tmp_path):
     assert f"| {name} | not run |" in empty
   assert empty.count("**not run**") == len(results.CLAIMS)
   assert "--variant=softmax --out=docs/results/h200_small/softmax" in empty
+
+
+def test_seed_repeats_measure_noise_without_changing_verdicts(tmp_path):
+  dirs = _paper_like(tmp_path)
+  again = _summary("ssmax", {"ssmax": _model("ssmax", loss=2.985, rise50=0.01, needle10=0.75)})
+  again["config"] = default_config().to_dict()
+  again["config"].update(seed=1, data=dict(again["config"]["data"], seed=1))
+  repeat = _write(tmp_path, "ssmax_seed1", again)
+  found = results.gather(dirs)
+  repeats = results.gather_repeats(found, [repeat])
+  rws = results.rows(found)
+  groups = results.seed_groups(rws, repeats)
+  assert list(groups) == ["ssmax"] and len(groups["ssmax"]) == 2
+  spread, variant = results.seed_spread(groups, ("final_train_loss",))
+  assert variant == "ssmax" and spread == pytest.approx(0.007)
+  with_noise, without = results.claims(rws, groups), results.claims(rws)
+  assert [c["verdict"] for c in with_noise] == [c["verdict"] for c in without]
+  assert [c["within_noise"] for c in without] == [0] * 6
+  # Training loss: (c) - (a) = -0.005 lies within the 0.007 between (b)'s seeds; the rest do not.
+  assert with_noise[0]["within_noise"] == 1
+  assert "(c) - (a) final train loss -0.0050 (seeds of (b) differ by 0.0070)" in (
+      with_noise[0]["seed_check"])
+  # Needle at 10x: (b)'s seeds differ by 0.05, (b) - (a) is 0.8.
+  assert with_noise[2]["seed_check"] == "Seed check: the margin exceeds the seed spread."
+
+  out = tmp_path / "results.md"
+  text = results.render(found, str(out), repeats=repeats)
+  assert "## Seed repeats" in text and "| (b) SSMax, learned s | (1, 1) | 2.9850 |" in text
+  assert "| (b) SSMax, learned s | spread (max - min) | 0.0070 |" in text
+  assert "### `ssmax` (seed repeat: seeds (1, 1))" in text
+  assert "no margin below is checked" in results.render(found, str(out))
+
+  with pytest.raises(ValueError, match="same seeds"):
+    results.gather_repeats(found, [dirs[1]])  # the first run of ssmax again
+  lone = _write(tmp_path, "lone", dict(again, variant="ssmax_fixed",
+                                       models={"ssmax_fixed": again["models"]["ssmax"]}))
+  with pytest.raises(ValueError, match="which no --results directory has"):
+    results.gather_repeats(results.gather(dirs[:2]), [lone])
+  with pytest.raises(ValueError, match="same scale"):
+    results.gather_repeats(found, [_write(tmp_path, "tiny", dict(again, preset="cpu_tiny"))])
+  r = subprocess.run([sys.executable, "-m", "experiments.reproduce_report",
+                      f"--results={','.join(dirs)}", f"--repeats={repeat}", f"--out={out}"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "and 1 seed repeats; claims: reproduced (margins within seed noise)," in r.stdout
 
 
 def test_report_refuses_bad_results(tmp_path):

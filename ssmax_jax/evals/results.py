@@ -4,8 +4,13 @@ verdict per paper claim (../shared/ANCHORS.md), written to docs/results.md.
   model_metrics(docs)                 the numbers the page uses, from one call's evaluation JSON
   gather(dirs)                        [(dir, summary)] of experiments.reproduce outputs
   rows(found, min_tokens, min_seq_len)  one row per variant (the eight, run or not)
-  claims(rows)                        a verdict per claim: reproduced / partly / not / not run
+  claims(rows, repeats)               a verdict per claim: reproduced / partly / not / not run,
+                                      with the margins it rests on checked against seed noise
   render(found, out_path, ...)        the markdown page
+
+A repeat is a variant trained again with other seeds (--config.seed, --config.data.seed): it
+enters no table or verdict, but the spread between its seeds is the page's measure of noise,
+and every margin a verdict rests on that lies within it is named next to the verdict.
 
 The verdicts follow fixed rules written here (thresholds below), decided before any result was
 seen: they are never tuned to a run. A variant short of the issue's scale (min_tokens,
@@ -222,12 +227,15 @@ def _no_loss(got):
 def _claim_training_loss(rws):
   got, why = _need(rws, ["softmax", "ssmax", "ssmax_fixed", "ssmax_bias"])
   if got is None or _no_loss(got):
-    return "not run", why or _no_loss(got)
+    return "not run", [], why or _no_loss(got)
   a, b, c, d = (r["final_train_loss"] for r in got)
   lower = [x < a for x in (b, c, d)]
   d_lowest = d < min(b, c)
   verdict = ("reproduced" if all(lower) and d_lowest else "partly" if any(lower) else "not")
-  return verdict, (f"final training loss (mean over the last 10% of steps): (a) {a:.4f}, "
+  loss = ("final_train_loss",)
+  margins = [(loss, f"({n}) - (a)", x - a) for n, x in zip("bcd", (b, c, d))]
+  margins.append((loss, "(d) - min((b), (c))", d - min(b, c)))
+  return verdict, margins, (f"final training loss (mean over the last 10% of steps): (a) {a:.4f}, "
                    f"(b) {b:.4f} ({b - a:+.4f}), (c) {c:.4f} ({c - a:+.4f}), (d) {d:.4f} "
                    f"({d - a:+.4f}); {sum(lower)}/3 below (a), (d) lowest: "
                    f"{'yes' if d_lowest else 'no'}")
@@ -236,21 +244,23 @@ def _claim_training_loss(rws):
 def _claim_flat_loss(rws):
   got, why = _need(rws, ["softmax", "ssmax"])
   if got is None:
-    return "not run", why
+    return "not run", [], why
   a, b = got
   m = _longest_common(got, LONG_THETA)
   ra, rb = (_rise(r, LONG_THETA, m) for r in got) if m else (None, None)
   if ra is None or rb is None:
-    return "not run", f"no loss by position at RoPE θ×{LONG_THETA} at 1x and beyond in both runs"
+    return "not run", [], f"no loss by position at RoPE θ×{LONG_THETA} at 1x and beyond in both runs"
   flat_b, degrades_a = rb <= FLAT, ra > FLAT
   verdict = ("reproduced" if flat_b and degrades_a else "partly" if rb < ra else "not")
+  rise = ("rise", LONG_THETA, m)
+  margins = [(rise, "(b) - (a)", rb - ra), (rise, f"(b) - the flat line +{FLAT:.0%}", rb - FLAT)]
   extra = ""
   m1 = _longest_common(got, "1")
   if m1:
     r1a, r1b = _rise(a, "1", m1), _rise(b, "1", m1)
     if r1a is not None and r1b is not None:
       extra = f"; at θ×1: (a) {r1a:+.1%}, (b) {r1b:+.1%} at {m1:g}x"
-  return verdict, (f"mean test loss at {m:g}x vs 1x the training length, RoPE θ×{LONG_THETA}: "
+  return verdict, margins, (f"mean test loss at {m:g}x vs 1x the training length, RoPE θ×{LONG_THETA}: "
                    f"(a) {_loss(a, LONG_THETA, 1):.3f} -> {_loss(a, LONG_THETA, m):.3f} "
                    f"({ra:+.1%}), (b) {_loss(b, LONG_THETA, 1):.3f} -> "
                    f"{_loss(b, LONG_THETA, m):.3f} ({rb:+.1%}); flat = within +{FLAT:.0%}"
@@ -260,27 +270,27 @@ def _claim_flat_loss(rws):
 def _claim_needle(rws):
   got, why = _need(rws, ["softmax", "ssmax"])
   if got is None:
-    return "not run", why
+    return "not run", [], why
   m = _needle_multiple(got)
   if m is None:
-    return "not run", f"no needle grid at RoPE θ×{LONG_THETA} in both runs"
+    return "not run", [], f"no needle grid at RoPE θ×{LONG_THETA} in both runs"
   a, b = (_acc(r, m) for r in got)
   verdict = ("reproduced" if b >= RETRIEVES and a < FAILS
              else "partly" if b - a >= CLEAR else "not")
-  return verdict, (f"needle accuracy (mean over depths) at {m:g}x, RoPE θ×{LONG_THETA}: (a) "
+  return verdict, [(("needle", m), "(b) - (a)", b - a)], (f"needle accuracy (mean over depths) at {m:g}x, RoPE θ×{LONG_THETA}: (a) "
                    f"{a:.2f}, (b) {b:.2f}; retrieves = >= {RETRIEVES}, fails = < {FAILS}")
 
 
 def _claim_bias(rws):
   got, why = _need(rws, ["ssmax", "ssmax_bias"])
   if got is None or _no_loss(got):
-    return "not run", why or _no_loss(got)
+    return "not run", [], why or _no_loss(got)
   b, d = got
   faster = d["final_train_loss"] < b["final_train_loss"]
   m = _longest_common(got, LONG_THETA)
   rb, rd = (_rise(b, LONG_THETA, m), _rise(d, LONG_THETA, m)) if m else (None, None)
   if rb is None or rd is None:
-    return "not run", f"no loss by position at RoPE θ×{LONG_THETA} in both runs"
+    return "not run", [], f"no loss by position at RoPE θ×{LONG_THETA} in both runs"
   worse = rd > rb
   text = (f"final training loss (b) {b['final_train_loss']:.4f}, (d) {d['final_train_loss']:.4f} "
           f"(faster: {'yes' if faster else 'no'}); loss rise 1x -> {m:g}x at θ×{LONG_THETA}: "
@@ -288,18 +298,21 @@ def _claim_bias(rws):
   nm = _needle_multiple(got)
   if nm is not None:
     text += f"; needle at {nm:g}x: (b) {_acc(b, nm):.2f}, (d) {_acc(d, nm):.2f}"
-  return _verdict(faster + worse, 2), text
+  margins = [(("final_train_loss",), "(d) - (b)", d["final_train_loss"] - b["final_train_loss"]),
+             (("rise", LONG_THETA, m), "(d) - (b)", rd - rb)]
+  return _verdict(faster + worse, 2), margins, text
 
 
 def _claim_switch_after(rws):
   got, why = _need(rws, ["softmax", "softmax_then_ssmax"])
   if got is None:
-    return "not run", why
+    return "not run", [], why
   a, e = got
   la, le = _loss(a, "1", 1), _loss(e, "1", 1)
   if la is None or le is None:
-    return "not run", "no loss at 1x with the model's own RoPE θ in both"
+    return "not run", [], "no loss at 1x with the model's own RoPE θ in both"
   hurts = [le > la]
+  margins = [(("loss", "1", 1.0), "(e) - (a)", le - la)]
   text = f"test loss at 1x, own θ: (a) {la:.4f}, (e) {le:.4f}"
   sets = [set(r["metrics"].get("needle", {}).get(LONG_THETA, {})) for r in got]
   common = set.intersection(*sets)
@@ -307,37 +320,41 @@ def _claim_switch_after(rws):
     m = min(float(x) for x in common)
     aa, ae = _acc(a, m), _acc(e, m)
     hurts.append(aa - ae >= CLEAR)
+    margins.append((("needle", m), "(a) - (e)", aa - ae))
     text += f"; needle at {m:g}x (shortest), θ×{LONG_THETA}: (a) {aa:.2f}, (e) {ae:.2f}"
-  return _verdict(sum(hurts), len(hurts)), text + f" ({sum(hurts)}/{len(hurts)} worse)"
+  return _verdict(sum(hurts), len(hurts)), margins, text + f" ({sum(hurts)}/{len(hurts)} worse)"
 
 
 def _claim_switch_during(rws):
   got, why = _need(rws, ["softmax", "ssmax", "ssmax_final10"])
   if got is None:
-    return "not run", why
+    return "not run", [], why
   a, b, f = got
   measures = []
   m = _longest_common(got, LONG_THETA)
   if m:
     vals = [_rise(r, LONG_THETA, m) for r in got]
     if None not in vals:
-      measures.append((f"loss rise 1x -> {m:g}x at θ×{LONG_THETA}", vals, "{:+.1%}"))
+      measures.append((f"loss rise 1x -> {m:g}x at θ×{LONG_THETA}", vals, "{:+.1%}",
+                       ("rise", LONG_THETA, m)))
   nm = _needle_multiple(got)
   if nm is not None:
-    measures.append((f"needle at {nm:g}x", [_acc(r, nm) for r in got], "{:.2f}"))
+    measures.append((f"needle at {nm:g}x", [_acc(r, nm) for r in got], "{:.2f}", ("needle", nm)))
   if not measures:
-    return "not run", "no long-context measures in all three runs"
-  closer, informative, parts = 0, 0, []
-  for name, (va, vb, vf), fmt in measures:
+    return "not run", [], "no long-context measures in all three runs"
+  closer, informative, parts, margins = 0, 0, [], []
+  for name, (va, vb, vf), fmt, measure in measures:
     parts.append(f"{name}: (a) {fmt.format(va)}, (b) {fmt.format(vb)}, (f) {fmt.format(vf)}")
     if abs(va - vb) > 1e-9:
       informative += 1
       closer += abs(vf - vb) < abs(vf - va)
+      margins.append((measure, "|(f) - (a)| - |(f) - (b)|", abs(vf - va) - abs(vf - vb)))
+      margins.append((measure, "(f) - (b)", vf - vb))
   text = "; ".join(parts) + f"; (f) closer to (b) than to (a) on {closer}/{informative} measures"
   if not informative:
-    return "not", text + " ((a) and (b) do not differ)"
-  equal = all(abs(vf - vb) <= 1e-9 for _, (va, vb, vf), _ in measures)
-  return ("not" if equal else _verdict(closer, informative)), text
+    return "not", margins, text + " ((a) and (b) do not differ)"
+  equal = all(abs(vf - vb) <= 1e-9 for _, (va, vb, vf), _, _ in measures)
+  return ("not" if equal else _verdict(closer, informative)), margins, text
 
 
 CLAIMS = (
@@ -353,9 +370,111 @@ CLAIMS = (
 )
 
 
-def claims(rws) -> list[dict]:
-  """[{'claim', 'verdict', 'numbers'}] for each claim of the paper, from `rows`."""
-  return [dict(claim=text, verdict=v, numbers=n) for text, fn in CLAIMS for v, n in [fn(rws)]]
+# --- Seed repeats ---------------------------------------------------------------------------------
+
+def seeds(summary) -> tuple[int, int]:
+  """(model init seed, data order seed) of a call."""
+  c = summary.get("config") or {}
+  return int(c.get("seed", 0)), int((c.get("data") or {}).get("seed", 0))
+
+
+def gather_repeats(found, dirs) -> list[tuple[str, dict]]:
+  """[(dir, summary)] of calls that train variants of `found` again with other seeds."""
+  first = {label: (d, s) for d, s in found for label in s["models"]}
+  repeats, seen = [(d, read_summary(d)) for d in dirs if d], {}
+  for d, s in repeats:
+    if found and s["preset"] != found[0][1]["preset"]:
+      raise ValueError(f"--repeats: {d} is preset {s['preset']!r} and --results "
+                       f"{found[0][1]['preset']!r}; repeat a variant at the same scale.")
+    for label in s["models"]:
+      if label not in first:
+        raise ValueError(f"--repeats: {d} repeats {label!r}, which no --results directory has; "
+                         "pass the variant's first run in --results.")
+      for other, other_s in [first[label]] + seen.get(label, []):
+        if seeds(s) == seeds(other_s):
+          raise ValueError(f"--repeats: {d} and {other} train {label!r} with the same seeds "
+                           f"{seeds(s)}; a repeat sets other --config.seed and --config.data.seed.")
+      seen.setdefault(label, []).append((d, s))
+  return repeats
+
+
+def seed_groups(rws, repeats, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_LEN) -> dict:
+  """{variant: [its row, the repeats' rows...]} for each repeated variant at the issue's scale."""
+  groups = {}
+  for d, s in repeats:
+    for v, r in rows([(d, s)], min_tokens, min_seq_len).items():
+      if r is not None and r["at_scale"] and rws.get(v) and rws[v]["at_scale"]:
+        groups.setdefault(v, [rws[v]]).append(r)
+  return groups
+
+
+def measure(row, key):
+  """A claim's measure of one row: ('final_train_loss',), ('loss', theta, multiple),
+  ('rise', theta, multiple) or ('needle', multiple)."""
+  kind = key[0]
+  if kind == "final_train_loss":
+    return row.get("final_train_loss")
+  if kind == "needle":
+    return _acc(row, key[1])
+  return (_loss if kind == "loss" else _rise)(row, key[1], key[2])
+
+
+def measure_name(key) -> str:
+  kind = key[0]
+  if kind == "final_train_loss":
+    return "final train loss"
+  if kind == "needle":
+    return f"needle at {key[1]:g}x"
+  return (f"test loss at {key[2]:g}x" if kind == "loss" else f"loss rise 1x -> {key[2]:g}x"
+          ) + f", θ×{key[1]}"
+
+
+def _fmt_measure(key, x) -> str:
+  return {"final_train_loss": f"{x:.4f}", "loss": f"{x:.4f}", "rise": f"{x * 100:.1f} points",
+          "needle": f"{x:.2f}"}[key[0]]
+
+
+def seed_spread(groups, key):
+  """(largest max - min of `key` over the seeds of one repeated variant, that variant), or None."""
+  best = None
+  for v, group in groups.items():
+    vals = [x for x in (measure(r, key) for r in group) if x is not None]
+    if len(vals) > 1 and (best is None or max(vals) - min(vals) > best[0]):
+      best = (max(vals) - min(vals), v)
+  return best
+
+
+def _seed_check(margins, groups) -> tuple[str, int]:
+  """(a sentence naming the margins a verdict rests on that are no larger than the seed spread,
+  how many there are)."""
+  within, checked = [], 0
+  for key, what, margin in margins if groups else ():
+    spread = seed_spread(groups, key)
+    if spread is None:
+      continue
+    checked += 1
+    if abs(margin) <= spread[0]:
+      within.append(f"{what} {measure_name(key)} {_fmt_measure(key, margin)} (seeds of "
+                    f"{VARIANTS[spread[1]].split(' ')[0]} differ by "
+                    f"{_fmt_measure(key, spread[0])})")
+  if not checked:
+    return "", 0
+  if not within:
+    return (f"Seed check: {'the margin exceeds' if checked == 1 else f'all {checked} margins exceed'}"
+            " the seed spread."), 0
+  return (f"Seed check: {len(within)} of {checked} margins {'lies' if len(within) == 1 else 'lie'}"
+          " within the seed spread, so one seed per variant cannot tell "
+          f"{'it' if len(within) == 1 else 'them'} from noise: " + "; ".join(within) + "."
+          ), len(within)
+
+
+def claims(rws, groups=None) -> list[dict]:
+  """[{'claim', 'verdict', 'numbers', 'seed_check', 'within_noise'}] for each claim of the paper,
+  from `rows`; `groups` (seed_groups) checks the margins behind each verdict against seed noise
+  (within_noise: how many lie within it)."""
+  return [dict(claim=text, verdict=v, numbers=n, seed_check=check, within_noise=within)
+          for text, fn in CLAIMS for v, margins, n in [fn(rws)]
+          for check, within in [_seed_check(margins, groups)]]
 
 
 # --- The page -------------------------------------------------------------------------------------
@@ -401,11 +520,15 @@ def _code_line(versions) -> str:
           + (" with uncommitted changes" if versions.get("git_dirty") else ""))
 
 
-def plot_comparison(rws, path: str) -> bool:
+def plot_comparison(rws, path: str, groups=None) -> bool:
   """Every variant that ran on one figure: mean test loss by context length at RoPE θ×1 and
   θ×50, and needle accuracy (fine-tuned models, θ×50). Variants below the issue's scale are
-  dashed. Returns False (and writes nothing) when no variant has metrics."""
+  dashed, seed repeats (`groups`) dotted in their variant's colour. Returns False (and writes
+  nothing) when no variant has metrics."""
   ran = [(i, VARIANTS[v], r) for i, (v, r) in enumerate(rws.items()) if r]
+  index = {v: i for i, v in enumerate(rws)}
+  ran += [(index[v], f"{VARIANTS[v]}, seeds {seeds(r['summary'])}", r)
+          for v, group in (groups or {}).items() for r in group[1:]]
   if not ran:
     return False
   plt = common.pyplot()
@@ -422,8 +545,9 @@ def plot_comparison(rws, path: str) -> bool:
       if curve:
         xs = sorted(curve, key=float)
         ticks.update(float(x) for x in xs)
+        repeat = name.startswith(VARIANTS[r["label"]] + ", seeds")
         ax.plot([float(x) for x in xs], [curve[x] for x in xs], marker="o", label=name,
-                color=f"C{i}", linestyle="-" if r["at_scale"] else "--")
+                color=f"C{i}", linestyle=":" if repeat else "-" if r["at_scale"] else "--")
     ax.set_xscale("log")
     ax.set_xticks(sorted(ticks), [f"{t:g}x" for t in sorted(ticks)])
     ax.minorticks_off()
@@ -440,10 +564,43 @@ def plot_comparison(rws, path: str) -> bool:
   return True
 
 
-def render(found, out_path: str, *, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_LEN,
+def _repeat_tag(summary, found) -> str:
+  """' (seed repeat: seeds (1, 1))' for a repeat's summary, '' for the first runs."""
+  return "" if any(summary is s for _, s in found) else f" (seed repeat: seeds {seeds(summary)})"
+
+
+def _seed_table(groups, needle_ms, out_dir) -> list[str]:
+  """The seed repeats: each repeated variant's measures per seed and their spread."""
+  keys = [("final_train_loss",), ("loss", "1", 1.0), ("loss", LONG_THETA, 1.0)]
+  longest = max(float(m) for g in groups.values() for r in g
+                for m in r["metrics"].get("loss", {}).get(LONG_THETA, {"1": 0}))
+  keys += [("rise", "1", longest), ("rise", LONG_THETA, longest)]
+  keys += [("needle", m) for m in needle_ms]
+  lines = ["## Seed repeats", "",
+           "A repeated variant trains again with other seeds of the model's initialisation and "
+           "the data order (`--config.seed`, `--config.data.seed`), everything else the same. The "
+           "spread between its seeds is this page's measure of noise: the claims below name "
+           "every margin that lies within it. Repeats enter no other table and no verdict.", "",
+           "| variant | seeds (init, data) | " + " | ".join(measure_name(k) for k in keys) + " |",
+           "|---|---|" + "---|" * len(keys)]
+  for v, group in groups.items():
+    for r in group:
+      cells = [_fmt(measure(r, k), ".1%" if k[0] == "rise" else ".2f" if k[0] == "needle"
+                    else ".4f") for k in keys]
+      lines.append(f"| {VARIANTS[v]} | {seeds(r['summary'])} | " + " | ".join(cells) + " |")
+    spreads = [seed_spread({v: group}, k) for k in keys]
+    lines.append(f"| {VARIANTS[v]} | spread (max - min) | "
+                 + " | ".join("—" if sp is None else _fmt_measure(k, sp[0])
+                              for k, sp in zip(keys, spreads)) + " |")
+  return lines + [""]
+
+
+def render(found, out_path: str, *, repeats=(), min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_LEN,
            command: str = "") -> str:
-  """Writes the results page (markdown) to out_path and returns it."""
+  """Writes the results page (markdown) to out_path and returns it; `repeats` (gather_repeats)
+  adds the seed repeats and checks each verdict's margins against their spread."""
   rws = rows(found, min_tokens, min_seq_len)
+  groups = seed_groups(rws, repeats, min_tokens, min_seq_len)
   out_dir = os.path.dirname(os.path.abspath(out_path))
   preset = found[0][1]["preset"] if found else "h200_small"
   multiples = sorted({float(m) for r in rws.values() if r for t in r["metrics"].get("loss", {})
@@ -542,35 +699,42 @@ def render(found, out_path: str, *, min_tokens=MIN_TOKENS, min_seq_len=MIN_SEQ_L
                  f"{_fmt(ls.get('s_mean'), '.4f')} | {_fmt(ls.get('b_mean'), '.4f')} |")
   lines.append("")
 
+  if groups:
+    lines += _seed_table(groups, needle_ms, out_dir)
   lines += ["## The paper's claims", "",
             f"Rules (fixed in `ssmax_jax/evals/results.py`, never tuned to a run): long-context "
             f"loss and needle at RoPE θ×{LONG_THETA}; flat = the loss at the longest context "
             f"within +{FLAT:.0%} of the loss at 1x; retrieves = mean accuracy >= {RETRIEVES}, "
             f"fails = < {FAILS}; accuracy differences count from {CLEAR}.", ""]
-  for c in claims(rws):
-    lines.append(f"- **{c['verdict']}** — {c['claim']} {c['numbers']}.")
+  if not groups:
+    lines += ["No variant was repeated with other seeds, so no margin below is checked against "
+              "seed noise.", ""]
+  for c in claims(rws, groups):
+    check = f" *{c['seed_check']}*" if c["seed_check"] else ""
+    lines.append(f"- **{c['verdict']}** — {c['claim']} {c['numbers']}.{check}")
   lines.append("")
 
   lines += ["## Figures", ""]
   figure = os.path.splitext(out_path)[0] + ".png"
-  if plot_comparison(rws, figure):
+  if plot_comparison(rws, figure, groups):
     lines += [f"![Every variant: loss and needle accuracy by context length]"
               f"({os.path.basename(figure)})", "",
-              "Every variant by context length (dashed: below the issue's scale). Per call:", ""]
+              "Every variant by context length (dashed: below the issue's scale; dotted: a seed "
+              "repeat). Per call:", ""]
   if not found:
     lines.append("None yet.")
-  for d, s in found:
+  for d, s in [*found, *repeats]:
     rel = os.path.relpath(os.path.abspath(d), out_dir)
-    lines.append(f"- `{s['variant']}` ({', '.join(s['models'])}): "
+    lines.append(f"- `{s['variant']}`{_repeat_tag(s, found)} ({', '.join(s['models'])}): "
                  + ", ".join(f"[{f}]({rel}/{f})" for f in s["files"] if f.endswith(".png")))
   lines.append("")
 
   lines += ["## Commands, versions, devices", ""]
   done = {s["variant"] for _, s in found}
-  for d, s in found:
+  for d, s in [*found, *repeats]:
     dev = s["device"]
     vers = ", ".join(f"{k} {v}" for k, v in s["versions"].items() if v and k not in CODE_KEYS)
-    lines += [f"### `{s['variant']}`", "", "```", s["command"], "```", "",
+    lines += [f"### `{s['variant']}`{_repeat_tag(s, found)}", "", "```", s["command"], "```", "",
               f"- device: {dev['count']} x {dev['kind']} ({dev['platform']}); created "
               f"{s['created']}", f"- versions: {vers}", "- code: " + _code_line(s["versions"]),
               f"- corpus: {s['corpus']['name']} ({s['corpus'].get('train_tokens', 0):,} train / "
