@@ -48,8 +48,10 @@ _ATTENTION = flags.DEFINE_list("attention", ["softmax", "ssmax"], "Attention var
 _VOCAB_PAD = flags.DEFINE_list("vocab_pad", ["64", "1"], "model.vocab_pad_multiple values.")
 _CHUNK = flags.DEFINE_list("chunk", ["8192"], "train.loss_chunk_tokens values.")
 _REMAT = flags.DEFINE_list("remat", ["false"], "model.remat values.")
-_LOGITS = flags.DEFINE_list("logits_dtype", ["float32"], "train.loss_logits_dtype values.")
-_LOSS_IMPL = flags.DEFINE_list("loss_implementation", ["xla"], "train.loss_implementation values.")
+_LOGITS = flags.DEFINE_list("logits_dtype", ["bfloat16"],
+                            "train.loss_logits_dtype values (bfloat16: the paper config's).")
+_LOSS_IMPL = flags.DEFINE_list("loss_implementation", ["auto"],
+                               "train.loss_implementation values: auto, xla, pallas.")
 _ATTN_IMPL = flags.DEFINE_list("attention_impl", ["auto"], "model.implementation values (the "
                                 "attention backend): auto (the op's choice), cudnn, pallas, xla.")
 _SMALL = flags.DEFINE_bool("small", False, "A tiny model for a CPU smoke test.")

@@ -1,13 +1,13 @@
 """The loss kernel (ssmax_jax/kernels/cross_entropy_gpu.py) against a float64 reference, in
-interpret mode on any machine and compiled on a GPU (marked gpu); and the loss with
-implementation='pallas' against the XLA loss, value and gradients."""
+interpret mode on any machine and compiled on a GPU (marked gpu); the loss with
+implementation='pallas' against the XLA loss, value and gradients; and what 'auto' resolves to."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ssmax_jax.kernels import cross_entropy_gpu
-from ssmax_jax.train.loss import cross_entropy_sum
+from ssmax_jax.train.loss import cross_entropy_sum, resolve_implementation
 
 ON_GPU = jax.default_backend() == "gpu"
 
@@ -55,14 +55,16 @@ def test_loss_with_the_kernel_matches_the_xla_loss():
   targets = jax.random.randint(k[2], (B, T), 0, real_V)
   mask = (jax.random.uniform(k[3], (B, T)) > 0.3).astype(jnp.float32)
   for logits_dtype in ("float32", "bfloat16"):
-    xla = lambda h, w: cross_entropy_sum(h, w, targets, mask, real_V, 8, logits_dtype)
+    xla = lambda h, w: cross_entropy_sum(h, w, targets, mask, real_V, 8, logits_dtype, "xla")
     fused = lambda h, w: cross_entropy_sum(h, w, targets, mask, real_V, 8, logits_dtype, "pallas")
     (got, got_g), (want, want_g) = (jax.value_and_grad(f, (0, 1))(h, w) for f in (fused, xla))
     np.testing.assert_allclose(got, want, rtol=1e-6)
     for g, r in zip(got_g, want_g):
       np.testing.assert_allclose(g, r, atol=1e-5)
-  with pytest.raises(ValueError, match="chunks of a multiple of 8 tokens"):
-    jax.grad(lambda h: cross_entropy_sum(h, w, targets, mask, real_V, 6, "float32", "pallas"))(h)
+  assert cross_entropy_gpu.BLOCK_ROWS > 2  # chunk_tokens=2: 1 position x batch 2 = 2 rows
+  with pytest.raises(ValueError, match=f"chunks of a multiple of {cross_entropy_gpu.BLOCK_ROWS} "
+                                       "tokens per device; batch 2 x 1 positions"):
+    jax.grad(lambda h: cross_entropy_sum(h, w, targets, mask, real_V, 2, "float32", "pallas"))(h)
   with pytest.raises(ValueError, match="implementation='triton' is unknown"):
     cross_entropy_sum(h, w, targets, mask, real_V, 8, "float32", "triton")
 
@@ -78,7 +80,48 @@ def test_lowers_to_triton_for_h200_without_a_gpu(dtype):
                                                             grad_dtype=jnp.bfloat16)
   with jax.sharding.use_abstract_mesh(mesh):
     text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-  assert "__gpu$xla.gpu.triton" in text and "grid_x = 1024" in text
+  assert "__gpu$xla.gpu.triton" in text
+  assert f"grid_x = {M // cross_entropy_gpu.BLOCK_ROWS}" in text  # one program per row block
+
+
+def _mesh(data, fsdp, tensor):
+  return jax.sharding.AbstractMesh((data, fsdp, tensor), ("data", "fsdp", "tensor"))
+
+
+def test_auto_takes_the_kernel_only_on_a_gpu_where_it_fits():
+  rows, V = 4 * cross_entropy_gpu.BLOCK_ROWS, 264
+  assert resolve_implementation("auto", rows, V, backend="gpu") == "pallas"
+  assert resolve_implementation("auto", rows, V, backend="cpu") == "xla"
+  assert resolve_implementation("auto", rows, V, backend="tpu") == "xla"
+  assert resolve_implementation("auto", rows + 2, V, backend="gpu") == "xla"  # not whole blocks
+  # Explicit names pass through (an unfitting 'pallas' raises in the loss, above).
+  assert resolve_implementation("pallas", rows + 2, V, backend="cpu") == "pallas"
+  assert resolve_implementation("xla", rows, V, backend="gpu") == "xla"
+  with jax.sharding.use_abstract_mesh(_mesh(2, 2, 1)):  # rows split 4 ways: one block each
+    assert resolve_implementation("auto", rows, V, backend="gpu") == "pallas"
+  with jax.sharding.use_abstract_mesh(_mesh(4, 2, 1)):  # half a block per device
+    assert resolve_implementation("auto", rows, V, backend="gpu") == "xla"
+  with jax.sharding.use_abstract_mesh(_mesh(1, 1, 2)):  # the vocabulary split over tensor
+    assert resolve_implementation("auto", rows, V, backend="gpu") == "xla"
+  with jax.sharding.use_abstract_mesh(_mesh(1, 1, 2)):  # 263 columns do not split: whole rows
+    assert resolve_implementation("auto", rows, 263, backend="gpu") == "pallas"
+
+
+def test_auto_loss_on_cpu_is_the_xla_loss():
+  k = jax.random.split(jax.random.key(4), 4)
+  B, T, D, V, real_V = 2, 16, 16, 40, 37
+  h, w = jax.random.normal(k[0], (B, T, D)), jax.random.normal(k[1], (D, V))
+  targets = jax.random.randint(k[2], (B, T), 0, real_V)
+  mask = (jax.random.uniform(k[3], (B, T)) > 0.3).astype(jnp.float32)
+  for impl in ("auto", None):  # None: the argument's default
+    args = (targets, mask, real_V, 8, "float32") + ((impl,) if impl else ())
+    got = jax.value_and_grad(lambda h, w: cross_entropy_sum(h, w, *args), (0, 1))(h, w)
+    want = jax.value_and_grad(
+        lambda h, w: cross_entropy_sum(h, w, targets, mask, real_V, 8, "float32", "xla"),
+        (0, 1))(h, w)
+    tol = 1e-5 if ON_GPU else 0.0  # on a GPU 'auto' runs the kernel
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(g, r, rtol=tol, atol=tol)
 
 
 @pytest.mark.gpu

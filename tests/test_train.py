@@ -14,8 +14,8 @@ from flax import nnx
 from configs import test_tiny
 from ssmax_jax import ops
 from ssmax_jax.models import generate
-from ssmax_jax.train import (Checkpointer, NonFiniteLossError, cross_entropy_sum, load_model,
-                             read_metrics, train, validate)
+from ssmax_jax.train import (Checkpointer, NonFiniteLossError, cross_entropy_sum,
+                             default_config, load_model, read_metrics, train, validate)
 from ssmax_jax.train import trainer as trainer_lib
 from ssmax_jax.train.loss import reference_cross_entropy_sum
 from ssmax_jax.train.optim import make_optimizer
@@ -136,6 +136,14 @@ def test_bad_config_stops_before_training(tmp_path, change, message):
   with pytest.raises(ValueError, match=message):
     train(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_loss_implementation_defaults_to_auto():
+  assert default_config().train.loss_implementation == "auto"
+  for name in ("auto", "xla", "pallas"):
+    validate(_config(train=dict(loss_implementation=name)))
+  with pytest.raises(ValueError, match="loss_implementation='triton'; choose one of"):
+    validate(_config(train=dict(loss_implementation="triton")))
 
 
 def _write(path, array):

@@ -52,6 +52,15 @@ _SCRIPT = textwrap.dedent("""
       train(config, f"{sys.argv[1]}/pallas_tensor")
     except ValueError as e:
       out["pallas_tensor"] = str(e)
+    # What 'auto' picks on a GPU under these meshes, for logits over a vocabulary of 264 with
+    # one and with 1 + 1/BLOCK_ROWS of the kernel's row blocks per device.
+    from ssmax_jax.kernels.cross_entropy_gpu import BLOCK_ROWS
+    from ssmax_jax.train import mesh as mesh_lib
+    from ssmax_jax.train.loss import resolve_implementation
+    for shape in [(4, 2, 1), (1, 1, 8), (8, 1, 1)]:
+      with jax.set_mesh(mesh_lib.make_mesh(shape)):
+        out[f"auto_{shape}"] = [resolve_implementation("auto", rows, 264, backend="gpu")
+                                for rows in (8 * BLOCK_ROWS, 8 * BLOCK_ROWS + 8)]
     config = _config()
     config.train.batch_size = 4
     try:
@@ -81,6 +90,10 @@ def test_sharded_losses_match_one_device(tmp_path):
     np.testing.assert_allclose(sharded[name], want, rtol=2e-5, err_msg=name)
   np.testing.assert_allclose(sharded["pallas_loss"], want, rtol=1e-4, err_msg="pallas loss")
   assert "splits the vocabulary over 8 tensor shards" in sharded["pallas_tensor"]
+  # 'auto' on a GPU: the kernel with whole row blocks and whole vocabulary rows on each device.
+  assert sharded["auto_(4, 2, 1)"] == ["pallas", "xla"]
+  assert sharded["auto_(8, 1, 1)"] == ["pallas", "xla"]
+  assert sharded["auto_(1, 1, 8)"] == ["xla", "xla"]
   assert "batch_size=4 must be divisible" in sharded["bad_batch"]
   assert "data x fsdp = 8" in sharded["bad_batch"]
 

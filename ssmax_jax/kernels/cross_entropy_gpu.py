@@ -21,9 +21,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-BLOCK_ROWS = 8
+# 4:1024:4: fastest of six tilings on the H200, 8,192 x 50,304 (docs/performance.md, 2026-11-29).
+BLOCK_ROWS = 4
 BLOCK_VOCAB = 1024
-NUM_WARPS = 8
+NUM_WARPS = 4
 
 
 def supported(num_rows: int, block_rows: int = BLOCK_ROWS) -> bool:

@@ -53,9 +53,11 @@ def default_config() -> ml_collections.ConfigDict:
   # Storage of those logits: 'float32', or 'bfloat16' (half the loss's memory traffic, as in
   # most training stacks); the loss itself is always computed in float32 (train/loss.py).
   c.train.loss_logits_dtype = "float32"
-  # 'xla', or 'pallas': one kernel reads each chunk's logits twice instead of four times (GPU;
-  # data and fsdp meshes, not a vocabulary split over the tensor axis).
-  c.train.loss_implementation = "xla"
+  # 'pallas': one kernel reads each chunk's logits twice instead of four times (GPU; data and
+  # fsdp meshes, not a vocabulary split over the tensor axis; chunks of a multiple of its
+  # BLOCK_ROWS tokens per device), an error where it does not apply; 'xla'; or 'auto': the
+  # kernel where it applies, XLA elsewhere (train/loss.py resolve_implementation).
+  c.train.loss_implementation = "auto"
   c.train.log_every = 10
   c.train.peak_tflops = config_dict.placeholder(float)  # per device; None: known devices only
   c.train.progress_bar = True

@@ -11,7 +11,10 @@ default; bfloat16 halves the loss's memory traffic, as computing the output laye
 most training stacks); the reductions and the probabilities are always computed in float32.
 `implementation='pallas'` does those in one kernel that reads each chunk's logits twice
 (ssmax_jax/kernels/cross_entropy_gpu.py) where XLA reads them four times: GPU, on each device's
-rows of a data/fsdp mesh (not with the vocabulary split over a tensor axis).
+rows of a data/fsdp mesh (not with the vocabulary split over a tensor axis), in chunks of a
+multiple of the kernel's BLOCK_ROWS rows per device; it raises a ValueError otherwise.
+`implementation='auto'` (the default) takes the kernel where it applies and XLA elsewhere
+(`resolve_implementation`, at trace time); `'xla'` always uses XLA.
 """
 import functools
 
@@ -35,25 +38,55 @@ def _num_chunks(B, T, chunk_tokens):
 
 
 LOGITS_DTYPES = ("float32", "bfloat16")
-IMPLEMENTATIONS = ("xla", "pallas")
+IMPLEMENTATIONS = ("auto", "xla", "pallas")
 
 
-def _row_split(num_rows, num_cols):
-  """(spec of [rows, vocab] logits under the mesh in use, devices the rows are split over)."""
+def _logits_split(num_rows, num_cols):
+  """(spec of [rows, vocab] logits under the mesh in use, devices the rows are split over,
+  devices the vocabulary is split over); (None, 1, 1) without a mesh."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
-    return None, 1
+    return None, 1, 1
   spec = fit_spec((num_rows, num_cols), logical_to_spec(("act_batch", "act_vocab")), mesh.shape)
 
   def size(axes):
     axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
     return int(np.prod([mesh.shape[a] for a in axes]))
 
-  if size(spec[1]) > 1:
+  return spec, size(spec[0]), size(spec[1])
+
+
+def _kernel_fits(num_rows, row_shards):
+  """Whether each device's share of a chunk's rows splits into the kernel's blocks."""
+  return num_rows % row_shards == 0 and cross_entropy_gpu.supported(num_rows // row_shards)
+
+
+def _row_split(num_rows, num_cols):
+  """(spec of [rows, vocab] logits under the mesh in use, devices the rows are split over);
+  raises if the mesh splits the vocabulary (the kernel needs whole rows)."""
+  spec, row_shards, vocab_shards = _logits_split(num_rows, num_cols)
+  if vocab_shards > 1:
     raise ValueError(f"loss implementation 'pallas' needs whole rows of logits on each device, "
                      f"but the mesh splits the vocabulary over {spec[1]!r}: use a mesh without "
                      "tensor parallelism (config.mesh.shape with tensor 1), or 'xla'.")
-  return P(spec[0], None), size(spec[0])
+  return (None if spec is None else P(spec[0], None)), row_shards
+
+
+def resolve_implementation(implementation, num_rows, num_cols, backend=None):
+  """The implementation a chunk of [num_rows, num_cols] logits uses under the mesh in use.
+
+  'xla' and 'pallas' are returned as they are ('pallas' raises later if it does not fit).
+  'auto' is 'pallas' when `backend` (default: jax.default_backend()) is 'gpu', the mesh keeps
+  whole vocabulary rows on each device and each device's rows are a multiple of the kernel's
+  BLOCK_ROWS; 'xla' otherwise. Call it while tracing, under the mesh of the computation.
+  """
+  if implementation != "auto":
+    return implementation
+  backend = jax.default_backend() if backend is None else backend
+  if backend != "gpu":
+    return "xla"
+  _, row_shards, vocab_shards = _logits_split(num_rows, num_cols)
+  return "pallas" if vocab_shards == 1 and _kernel_fits(num_rows, row_shards) else "xla"
 
 
 def _fused_loss_and_grad(logits_MV, targets_M, weights_M, vocab_size, grad_dtype):
@@ -88,7 +121,7 @@ def xla_loss_and_grad(logits_MV, targets_M, weights_M, vocab_size, grad_dtype, w
   return loss_M, dlogits_MV.astype(grad_dtype)
 
 
-def check_options(logits_dtype, implementation="xla"):
+def check_options(logits_dtype, implementation="auto"):
   if str(np.dtype(logits_dtype)) not in LOGITS_DTYPES:
     raise ValueError(f"logits_dtype={logits_dtype!r} is not supported; choose one of "
                      f"{', '.join(map(repr, LOGITS_DTYPES))}.")
@@ -98,16 +131,17 @@ def check_options(logits_dtype, implementation="xla"):
 
 
 def _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens,
-                   logits_dtype="float32", implementation="xla", with_grads=True):
+                   logits_dtype="float32", implementation="auto", with_grads=True):
   """Returns (sum of weighted losses, dloss/dh [B,T,D], dloss/dw [D,V] float32)."""
   B, T, D = h_BTD.shape
   V = w_DV.shape[1]
   C = _num_chunks(B, T, chunk_tokens)
   w_c = w_DV.astype(h_BTD.dtype)
+  implementation = resolve_implementation(implementation, B * (T // C), V)
   fused = with_grads and implementation == "pallas"
   if fused:
     shards = _row_split(B * (T // C), V)[1]
-    if (B * (T // C)) % shards or not cross_entropy_gpu.supported(B * (T // C) // shards):
+    if not _kernel_fits(B * (T // C), shards):
       raise ValueError(f"loss implementation 'pallas' needs chunks of a multiple of "
                        f"{cross_entropy_gpu.BLOCK_ROWS} tokens per device; batch {B} x {T // C} "
                        f"positions over {shards} device(s) has {B * (T // C) / shards:g}: change "
@@ -151,13 +185,14 @@ def _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def cross_entropy_sum(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens=8192,
-                      logits_dtype="float32", implementation="xla"):
+                      logits_dtype="float32", implementation="auto"):
   """sum over tokens of weights * -log softmax(h @ w)[target], float32 scalar.
 
   h_BTD: hidden states in the compute dtype; w_DV: the output matrix (any float dtype, applied
   in h's dtype), V >= vocab_size: columns from vocab_size on are padding and never predicted;
   targets_BT int; weights_BT: per-token loss weights (the loss mask); logits_dtype: 'float32'
-  or 'bfloat16'; implementation: 'xla' or 'pallas' (module doc). Differentiable in h and w.
+  or 'bfloat16'; implementation: 'auto', 'xla' or 'pallas' (module doc). Differentiable in h
+  and w.
   """
   check_options(logits_dtype, implementation)
   return _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens,

@@ -19,7 +19,7 @@ def loss_options(config) -> dict:
 
 
 def loss_sum(model, batch, *, chunk_tokens=8192, use_segments=True, logits_dtype="float32",
-             implementation="xla"):
+             implementation="auto"):
   """(sum of masked next-token losses, number of loss tokens) of a batch dict."""
   kwargs = {}
   if use_segments:  # packed documents: positions and attention (and n) restart per document
