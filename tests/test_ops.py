@@ -223,6 +223,54 @@ def test_counts_closed_form_and_chunked_agree():
   assert int(n_closed[0, 1099]) == 301 and int(n_closed[1, 1099]) == 0
 
 
+@pytest.mark.parametrize("t,s", [(9, 9), (5, 9), (9, 5)])
+def test_every_query_attends_only_when_the_counts_say_so(t, s):
+  """The static rule that lets a backend skip zeroing empty rows never claims a row that is
+  empty, and holds for the plain causal and unmasked cases the model uses."""
+  from ssmax_jax.ops import masks
+  cases = [dict(), dict(is_causal=True), dict(local_window_size=2),
+           dict(is_causal=True, local_window_size=(3, 0)), dict(local_window_size=(0, 1)),
+           dict(is_causal=True, key_value_seq_lengths=np.array([s, 0])),
+           dict(is_causal=True, segment_ids=(np.ones((B, t), int), np.ones((B, s), int))),
+           dict(mask=np.ones((1, 1, t, s), bool))]
+  claimed = []
+  for kw in cases:
+    spec = masks.make_mask_spec((B, t, N, H), (B, s, K, H), kw.pop("mask", None), num_heads=N,
+                                **kw)
+    if masks.every_query_attends(spec):
+      claimed.append(kw)
+      assert int(jnp.min(masks.counts_from_spec(spec))) >= 1, kw
+  assert dict() in claimed and dict(is_causal=True) in claimed
+  assert (dict(local_window_size=2) in claimed) == (t <= s)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
+@pytest.mark.parametrize("kw", [dict(is_causal=True),  # every row attends: no zeroing pass
+                                dict(is_causal=True, key_value_seq_lengths=np.array([7, 0]))])
+def test_cudnn_matches_xla_with_ssmax(kw):
+  """cuDNN (s·log n folded into q) against the XLA path: output, and gradients of q, k, v, s;
+  a batch row with no keys comes back as zeros."""
+  q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in _qkv(21, t=128, s=128, n=4, k=2, h=64))
+  s = jnp.array([0.3, 0.5, 0.7, 0.9], jnp.float32)
+
+  def loss(impl, q, k, v, s):
+    out = ssmax_jax.dot_product_attention(q, k, v, s=s, implementation=impl, **kw)
+    return jnp.sum(out.astype(jnp.float32) ** 2), out
+
+  (_, out_c), g_c = jax.value_and_grad(lambda *a: loss("cudnn", *a), (0, 1, 2, 3),
+                                       has_aux=True)(q, k, v, s)
+  (_, out_x), g_x = jax.value_and_grad(lambda *a: loss("xla", *a), (0, 1, 2, 3),
+                                       has_aux=True)(q, k, v, s)
+  np.testing.assert_allclose(np.asarray(out_c, np.float32), np.asarray(out_x, np.float32),
+                             atol=3e-2, rtol=3e-2)
+  for a, b in zip(g_c, g_x):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    np.testing.assert_allclose(a, b, atol=5e-2 * np.abs(b).max(), rtol=0)
+  if "key_value_seq_lengths" in kw:
+    assert not np.any(np.asarray(out_c[1], np.float32))
+
+
 def test_logit_multiplier_formulas():
   n = jnp.array([[1, 2, 10, 10000]])
   s = jnp.array([0.5, 2.0])

@@ -108,6 +108,9 @@ def _run_cudnn(q, k, v, c, spec, scale, bias, n):
       key_value_seq_lengths=spec.kv_len_B, local_window_size=spec.window,
       implementation="cudnn")
   # jax.nn returns mean(v) for a query with no key; we return zeros like every other backend.
+  # Where the mask rules that out, skip the pass (a read and write of `out`, and its backward).
+  if masks.every_query_attends(spec):
+    return out.astype(q.dtype)
   attends = (n > 0) if n.ndim == 3 else (n > 0)[:, :, None]
   return jnp.where(attends[..., None], out, 0).astype(q.dtype)
 
@@ -146,7 +149,8 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, s=None, b=
   _check_c_args(s, b, logit_multiplier)
   impl = _choose(implementation, query, spec, bias, query_positions is None)
   # n serves s (and b) and cuDNN's zeroing of empty rows: counted once, only if needed.
-  n = masks.counts_from_spec(spec) if (s is not None or impl == "cudnn") else None
+  zeroes_empty_rows = impl == "cudnn" and not masks.every_query_attends(spec)
+  n = masks.counts_from_spec(spec) if (s is not None or zeroes_empty_rows) else None
   c = _multiplier(spec, N, s, b, logit_multiplier, n)
   scale = 1.0 / math.sqrt(H) if scale is None else float(scale)
 

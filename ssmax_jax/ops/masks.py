@@ -135,6 +135,20 @@ def full_allowed_BNTS(spec: MaskSpec) -> jax.Array:
   return _segment_and_dense(spec, allowed_BNTS(spec), spec.q_seg_BT, spec.mask_BNTS)
 
 
+def every_query_attends(spec: MaskSpec) -> bool:
+  """True when the mask's structure proves n >= 1 for every query at positions arange(T): no
+  dense mask, key lengths or segments, and no window that could leave a query without its own
+  position among the keys. Backends that return something else than zeros for an empty row
+  then skip the pass that zeroes those rows."""
+  if spec.mask_BNTS is not None or spec.kv_len_B is not None or spec.q_seg_BT is not None:
+    return False
+  if spec.kv_len == 0:
+    return False
+  if spec.window is None:  # causal: key 0 for every query; otherwise every key
+    return True
+  return spec.q_len <= spec.kv_len and min(spec.window) >= 0  # query i keeps key i
+
+
 def counts_from_spec(spec: MaskSpec) -> jax.Array:
   """n: int32 [B,T], or [B,T,N] when a dense mask differs between heads."""
   if spec.only_intervals:
