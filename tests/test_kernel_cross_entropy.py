@@ -48,12 +48,17 @@ def test_kernel_matches_float64_with_a_partial_last_tile(dtype):
   _check(16, 300, dtype, block_vocab=128, interpret=True)  # tiles of 128: 44 columns in the last
 
 
-def test_loss_with_the_kernel_matches_the_xla_loss():
-  k = jax.random.split(jax.random.key(3), 4)
-  B, T, D, V, real_V = 2, 16, 16, 40, 37
+def _loss_inputs(seed, B=2, T=16, D=16, V=40, real_V=37):
+  """Hidden states, output matrix (V - real_V padding columns), targets, loss mask, real_V."""
+  k = jax.random.split(jax.random.key(seed), 4)
   h, w = jax.random.normal(k[0], (B, T, D)), jax.random.normal(k[1], (D, V))
   targets = jax.random.randint(k[2], (B, T), 0, real_V)
   mask = (jax.random.uniform(k[3], (B, T)) > 0.3).astype(jnp.float32)
+  return h, w, targets, mask, real_V
+
+
+def test_loss_with_the_kernel_matches_the_xla_loss():
+  h, w, targets, mask, real_V = _loss_inputs(3)
   for logits_dtype in ("float32", "bfloat16"):
     xla = lambda h, w: cross_entropy_sum(h, w, targets, mask, real_V, 8, logits_dtype, "xla")
     fused = lambda h, w: cross_entropy_sum(h, w, targets, mask, real_V, 8, logits_dtype, "pallas")
@@ -108,11 +113,7 @@ def test_auto_takes_the_kernel_only_on_a_gpu_where_it_fits():
 
 
 def test_auto_loss_on_cpu_is_the_xla_loss():
-  k = jax.random.split(jax.random.key(4), 4)
-  B, T, D, V, real_V = 2, 16, 16, 40, 37
-  h, w = jax.random.normal(k[0], (B, T, D)), jax.random.normal(k[1], (D, V))
-  targets = jax.random.randint(k[2], (B, T), 0, real_V)
-  mask = (jax.random.uniform(k[3], (B, T)) > 0.3).astype(jnp.float32)
+  h, w, targets, mask, real_V = _loss_inputs(4)
   for impl in ("auto", None):  # None: the argument's default
     args = (targets, mask, real_V, 8, "float32") + ((impl,) if impl else ())
     got = jax.value_and_grad(lambda h, w: cross_entropy_sum(h, w, *args), (0, 1))(h, w)

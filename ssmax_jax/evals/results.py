@@ -525,9 +525,10 @@ def plot_comparison(rws, path: str, groups=None) -> bool:
   θ×50, and needle accuracy (fine-tuned models, θ×50). Variants below the issue's scale are
   dashed, seed repeats (`groups`) dotted in their variant's colour. Returns False (and writes
   nothing) when no variant has metrics."""
-  ran = [(i, VARIANTS[v], r) for i, (v, r) in enumerate(rws.items()) if r]
+  ran = [(i, VARIANTS[v], r, "-" if r["at_scale"] else "--")
+         for i, (v, r) in enumerate(rws.items()) if r]
   index = {v: i for i, v in enumerate(rws)}
-  ran += [(index[v], f"{VARIANTS[v]}, seeds {seeds(r['summary'])}", r)
+  ran += [(index[v], f"{VARIANTS[v]}, seeds {seeds(r['summary'])}", r, ":")
           for v, group in (groups or {}).items() for r in group[1:]]
   if not ran:
     return False
@@ -540,14 +541,13 @@ def plot_comparison(rws, path: str, groups=None) -> bool:
   fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
   for ax, (kind, theta, title, ylabel) in zip(axes, panels):
     ticks = set()
-    for i, name, r in ran:  # one colour per variant on every page
+    for i, name, r, style in ran:  # one colour per variant on every page
       curve = r["metrics"].get(kind, {}).get(theta)
       if curve:
         xs = sorted(curve, key=float)
         ticks.update(float(x) for x in xs)
-        repeat = name.startswith(VARIANTS[r["label"]] + ", seeds")
         ax.plot([float(x) for x in xs], [curve[x] for x in xs], marker="o", label=name,
-                color=f"C{i}", linestyle=":" if repeat else "-" if r["at_scale"] else "--")
+                color=f"C{i}", linestyle=style)
     ax.set_xscale("log")
     ax.set_xticks(sorted(ticks), [f"{t:g}x" for t in sorted(ticks)])
     ax.minorticks_off()
@@ -569,7 +569,7 @@ def _repeat_tag(summary, found) -> str:
   return "" if any(summary is s for _, s in found) else f" (seed repeat: seeds {seeds(summary)})"
 
 
-def _seed_table(groups, needle_ms, out_dir) -> list[str]:
+def _seed_table(groups, needle_ms) -> list[str]:
   """The seed repeats: each repeated variant's measures per seed and their spread."""
   keys = [("final_train_loss",), ("loss", "1", 1.0), ("loss", LONG_THETA, 1.0)]
   longest = max(float(m) for g in groups.values() for r in g
@@ -700,7 +700,7 @@ def render(found, out_path: str, *, repeats=(), min_tokens=MIN_TOKENS, min_seq_l
   lines.append("")
 
   if groups:
-    lines += _seed_table(groups, needle_ms, out_dir)
+    lines += _seed_table(groups, needle_ms)
   lines += ["## The paper's claims", "",
             f"Rules (fixed in `ssmax_jax/evals/results.py`, never tuned to a run): long-context "
             f"loss and needle at RoPE θ×{LONG_THETA}; flat = the loss at the longest context "

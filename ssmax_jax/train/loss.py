@@ -89,12 +89,12 @@ def resolve_implementation(implementation, num_rows, num_cols, backend=None):
   return "pallas" if vocab_shards == 1 and _kernel_fits(num_rows, row_shards) else "xla"
 
 
-def _fused_loss_and_grad(logits_MV, targets_M, weights_M, vocab_size, grad_dtype):
+def _fused_loss_and_grad(logits_MV, targets_M, weights_M, vocab_size, grad_dtype, split):
   """The loss kernel on each device's own rows (rows follow the batch sharding; shard_map keeps
-  XLA from gathering them), or on all rows without a mesh."""
+  XLA from gathering them), or on all rows without a mesh; split: `_row_split`'s answer."""
   kernel = functools.partial(cross_entropy_gpu.cross_entropy_with_grad, vocab_size=vocab_size,
                              grad_dtype=grad_dtype, interpret=jax.default_backend() == "cpu")
-  spec, shards = _row_split(*logits_MV.shape)
+  spec, shards = split
   if shards == 1:
     return kernel(logits_MV, targets_M, weights_M)
   rows = P(spec[0])
@@ -140,7 +140,8 @@ def _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens
   implementation = resolve_implementation(implementation, B * (T // C), V)
   fused = with_grads and implementation == "pallas"
   if fused:
-    shards = _row_split(B * (T // C), V)[1]
+    split = _row_split(B * (T // C), V)
+    shards = split[1]
     if not _kernel_fits(B * (T // C), shards):
       raise ValueError(f"loss implementation 'pallas' needs chunks of a multiple of "
                        f"{cross_entropy_gpu.BLOCK_ROWS} tokens per device; batch {B} x {T // C} "
@@ -159,7 +160,7 @@ def _chunk_fwd_bwd(h_BTD, w_DV, targets_BT, weights_BT, vocab_size, chunk_tokens
     rows = (logits_BtV.reshape(Bc * t, V), tgt_Bt.reshape(-1), wt_Bt.reshape(-1), vocab_size,
             h_BTD.dtype)
     if fused:
-      loss_M, dlogits_MV = _fused_loss_and_grad(*rows)
+      loss_M, dlogits_MV = _fused_loss_and_grad(*rows, split)
     else:
       loss_M, dlogits_MV = xla_loss_and_grad(*rows, with_grad=with_grads)
     loss_sum += jnp.sum(loss_M)

@@ -179,14 +179,10 @@ def format_summary(summary: dict, top: int = 15, sources: dict | None = None) ->
   lines = [f"device time per step: {summary['per_step_ms']:.2f} ms (kernels summed)", "",
            "| category | ms/step | share |", "|---|---|---|"]
   lines += [f"| {c} | {ms:.2f} | {share:.1%} |" for c, ms, share in summary["categories"]]
-  if sources is None:
-    lines += ["", "| kernel | category | ms/step | calls/step | share |", "|---|---|---|---|---|"]
-    lines += [f"| `{n[:70]}` | {c} | {ms:.3f} | {k:g} | {share:.1%} |"
-              for n, c, ms, k, share in summary["kernels"][:top]]
-  else:
-    lines += ["", "| kernel | category | ms/step | calls/step | share | source |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| `{n[:70]}` | {c} | {ms:.3f} | {k:g} | {share:.1%} | "
-              f"{sources.get(_kernel_key(n), '')} |"
-              for n, c, ms, k, share in summary["kernels"][:top]]
+  source = "" if sources is None else " source |"
+  lines += ["", "| kernel | category | ms/step | calls/step | share |" + source,
+            "|---|---|---|---|---|" + ("---|" if source else "")]
+  lines += [f"| `{n[:70]}` | {c} | {ms:.3f} | {k:g} | {share:.1%} |"
+            + ("" if sources is None else f" {sources.get(_kernel_key(n), '')} |")
+            for n, c, ms, k, share in summary["kernels"][:top]]
   return "\n".join(lines)
