@@ -54,6 +54,9 @@ _LOSS_IMPL = flags.DEFINE_list("loss_implementation", ["auto"],
                                "train.loss_implementation values: auto, xla, pallas.")
 _ATTN_IMPL = flags.DEFINE_list("attention_impl", ["auto"], "model.implementation values (the "
                                 "attention backend): auto (the op's choice), cudnn, pallas, xla.")
+_NORM_IMPL = flags.DEFINE_list("norm_implementation", ["paper"], "model.norm_implementation "
+                                "values (residual add + RMSNorm): paper (the config's), auto, "
+                                "xla, pallas.")
 _SMALL = flags.DEFINE_bool("small", False, "A tiny model for a CPU smoke test.")
 _MODEL = flags.DEFINE_enum("model", "paper_162m", ["paper_162m", "h200_small"],
                            "The model: configs/paper_162m.py, or the h200_small preset of "
@@ -75,7 +78,8 @@ _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time the loss forward a
                                "forward+backward without the optimizer update.")
 
 
-def _config(attention, vocab_pad, chunk, remat, logits_dtype, loss_implementation, attn_impl):
+def _config(attention, vocab_pad, chunk, remat, logits_dtype, loss_implementation, attn_impl,
+            norm_impl="paper"):
   if _MODEL.value == "paper_162m":
     c = paper_162m.get_config()
   else:
@@ -83,6 +87,8 @@ def _config(attention, vocab_pad, chunk, remat, logits_dtype, loss_implementatio
     del c["recipe"]
   c.model.update(attention=attention, vocab_pad_multiple=vocab_pad, remat=remat,
                  implementation=None if attn_impl == "auto" else attn_impl)
+  if norm_impl != "paper":
+    c.model.norm_implementation = norm_impl
   c.train.update(batch_size=_BATCH.value, seq_len=_SEQ.value, grad_accum_steps=1,
                  loss_chunk_tokens=chunk, loss_logits_dtype=logits_dtype,
                  loss_implementation=loss_implementation)
@@ -202,14 +208,15 @@ def main(argv):
   print(f"jax {jax.__version__}, {device.platform} {device.device_kind}, "
         f"batch {_BATCH.value} x {_SEQ.value}", flush=True)
   rows = []
-  for attention, pad, chunk, remat, logits, loss_impl, attn_impl in itertools.product(
+  for attention, pad, chunk, remat, logits, loss_impl, attn_impl, norm_impl in itertools.product(
       _ATTENTION.value, _VOCAB_PAD.value, _CHUNK.value, _REMAT.value, _LOGITS.value,
-      _LOSS_IMPL.value, _ATTN_IMPL.value):
+      _LOSS_IMPL.value, _ATTN_IMPL.value, _NORM_IMPL.value):
     name = (f"attention={attention} vocab_pad={pad} chunk={chunk} remat={remat} "
             f"logits={logits} loss={loss_impl}"
-            + ("" if attn_impl == "auto" else f" attention_impl={attn_impl}"))
+            + ("" if attn_impl == "auto" else f" attention_impl={attn_impl}")
+            + ("" if norm_impl == "paper" else f" norm={norm_impl}"))
     r = measure(_config(attention, int(pad), int(chunk), remat.lower() == "true", logits,
-                        loss_impl, attn_impl), name)
+                        loss_impl, attn_impl, norm_impl), name)
     mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.3f}"
     parts = "".join(f" {k}={r[k]:.1f}" for k in ("forward_ms", "forward_backward_ms") if k in r)
     print(f"{name}: params={r['params'] / 1e6:.1f}M init={r['init_s']:.0f}s "

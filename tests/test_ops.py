@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import ssmax_jax
+from ssmax_jax import ops
 from tests.reference_np import attention_np, multiplier_np
 
 B, T, S, N, K, H = 2, 9, 9, 4, 2, 8
@@ -340,3 +341,28 @@ def test_pallas_rejects_dense_mask():
   q, k, v = _qkv(21)
   with pytest.raises(ValueError, match="pallas"):
     ssmax_jax.dot_product_attention(q, k, v, mask=np.ones((T, S), bool), implementation="pallas")
+
+
+def test_norm_backend_choice_and_errors():
+  from ssmax_jax.ops import norm
+  rows = 4 * norm.rms_norm_gpu.BLOCK_ROWS
+  assert norm.resolve_implementation("auto", (rows, 8), backend="gpu") == "pallas"
+  assert norm.resolve_implementation("auto", (rows, 8), backend="cpu") == "xla"
+  assert norm.resolve_implementation("auto", (rows + 1, 8), backend="gpu") == "xla"
+  assert norm.resolve_implementation("xla", (rows + 1, 8)) == "xla"
+  with pytest.raises(ValueError, match="needs whole rows on each device and a multiple of"):
+    norm.resolve_implementation("pallas", (rows + 1, 8))
+  with pytest.raises(ValueError, match="norm implementation='triton' is unknown"):
+    norm.resolve_implementation("triton", (rows, 8))
+  x = jnp.ones((2, rows, 8))
+  with pytest.raises(ValueError, match=rf"delta has shape \({rows}, 8\), expected x's shape"):
+    ops.add_rms_norm(x, x[0], jnp.ones(8), eps=1e-6, out_dtype=jnp.float32)
+  # 'pallas' (interpret mode here) and 'xla' agree, with and without the residual add.
+  k = jax.random.split(jax.random.key(0), 3)
+  x, delta = (jax.random.normal(kk, (2, rows, 8)) for kk in k[:2])
+  scale = jax.random.normal(k[2], (8,))
+  for d in (delta, None):
+    got = ops.add_rms_norm(x, d, scale, eps=1e-6, out_dtype=jnp.float32, implementation="pallas")
+    want = ops.add_rms_norm(x, d, scale, eps=1e-6, out_dtype=jnp.float32, implementation="xla")
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[0], want[0])

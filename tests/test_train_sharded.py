@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -29,10 +30,36 @@ def _config():
   return c
 
 
+def norm_grads_under_mesh(mesh_shape):
+  """Largest difference of the residual add + RMSNorm op's outputs and gradients (x, delta,
+  scale) between the Pallas kernel on each device's rows under `mesh_shape` and XLA on one
+  device; the kernel's rows follow the batch over data x fsdp, replicated over tensor."""
+  from jax.sharding import PartitionSpec as P
+  from ssmax_jax import ops
+  from ssmax_jax.nn.partitioning import activation_spec
+  from ssmax_jax.train import mesh as mesh_lib
+  k = jax.random.split(jax.random.key(0), 5)
+  x, delta, d_sum, d_y = (jax.random.normal(kk, (8, 4, 48)) for kk in k[:4])
+  scale = 1.0 + jax.random.normal(k[4], (48,))
+
+  def grads(implementation, spec):
+    fn = lambda x, d, s: ops.add_rms_norm(x, d, s, eps=1e-6, out_dtype=jnp.float32,
+                                          implementation=implementation, spec=spec)
+    out, vjp = jax.vjp(fn, x, delta, scale)
+    return out + vjp((d_sum, d_y))
+
+  want = jax.jit(lambda: grads("xla", None))()
+  with jax.set_mesh(mesh_lib.make_mesh(mesh_shape)):
+    spec = activation_spec(x.shape, ("act_batch", "act_seq", "act_embed"))
+    assert spec == P(("data", "fsdp"), None, None), spec
+    got = jax.jit(lambda: grads("pallas", spec))()
+  return [float(jnp.max(jnp.abs(a - b))) for a, b in zip(got, want)]
+
+
 _SCRIPT = textwrap.dedent("""
     import json, sys
     import jax
-    from tests.test_train_sharded import MESHES, _config
+    from tests.test_train_sharded import MESHES, _config, norm_grads_under_mesh
     from ssmax_jax.train import read_metrics, train
     assert jax.device_count() == 8, jax.devices()
     out = {}
@@ -61,6 +88,13 @@ _SCRIPT = textwrap.dedent("""
       with jax.set_mesh(mesh_lib.make_mesh(shape)):
         out[f"auto_{shape}"] = [resolve_implementation("auto", rows, 264, backend="gpu")
                                 for rows in (8 * BLOCK_ROWS, 8 * BLOCK_ROWS + 8)]
+    # The Pallas norm (interpret mode) on each device's rows, replicated over the tensor axis.
+    config = _config()
+    config.mesh.shape = (2, 2, 2)
+    config.model.norm_implementation = "pallas"
+    train(config, f"{sys.argv[1]}/pallas_norm")
+    out["pallas_norm"] = [r["loss"] for r in read_metrics(f"{sys.argv[1]}/pallas_norm")]
+    out["norm_grads"] = norm_grads_under_mesh((2, 2, 2))
     config = _config()
     config.train.batch_size = 4
     try:
@@ -94,6 +128,9 @@ def test_sharded_losses_match_one_device(tmp_path):
   assert sharded["auto_(4, 2, 1)"] == ["pallas", "xla"]
   assert sharded["auto_(8, 1, 1)"] == ["pallas", "xla"]
   assert sharded["auto_(1, 1, 8)"] == ["xla", "xla"]
+  np.testing.assert_allclose(sharded["pallas_norm"], want, rtol=1e-4, err_msg="pallas norm")
+  # sum, y, d_x, d_delta, d_scale (summed over the devices' rows by shard_map's transpose)
+  assert max(sharded["norm_grads"]) < 1e-4, sharded["norm_grads"]
   assert "batch_size=4 must be divisible" in sharded["bad_batch"]
   assert "data x fsdp = 8" in sharded["bad_batch"]
 

@@ -34,9 +34,13 @@ class TransformerConfig:
   norm_eps: float = 1e-6
   remat: bool = False  # rematerialise each block in the backward (less memory, more compute)
   implementation: str | None = None  # attention backend; None picks per platform
+  # Residual add + RMSNorm: 'auto' (a Pallas kernel on a GPU where it applies, XLA elsewhere),
+  # 'xla' or 'pallas' (ssmax_jax/ops/norm.py).
+  norm_implementation: str = "xla"
 
   def __post_init__(self):
     ops.check_variant(self.attention)
+    ops.check_norm_implementation(self.norm_implementation)
     if self.d_model % self.num_heads:
       raise ValueError(f"num_heads={self.num_heads} must divide d_model={self.d_model}.")
     kv = self.num_kv_heads or self.num_heads
@@ -69,19 +73,24 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
   def __init__(self, cfg: TransformerConfig, *, rngs):
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-    self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
+    norm = dict(eps=cfg.norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs,
+                implementation=cfg.norm_implementation)
+    self.attn_norm = RMSNorm(cfg.d_model, **norm)
     self.attn = SSMaxAttention(
         cfg.d_model, cfg.num_heads, num_kv_heads=cfg.num_kv_heads, variant=cfg.attention,
         l_train=cfg.l_train, rope_theta=cfg.rope_theta, s_init=cfg.s_init, b_init=cfg.b_init,
         fixed_s=cfg.fixed_s, floor_scale=cfg.floor_scale, attn_scale=cfg.attn_scale,
         implementation=cfg.implementation, dtype=dt, param_dtype=pdt, rngs=rngs)
-    self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, **norm)
     self.mlp = MLP(cfg.d_model, cfg.d_ff, dtype=dt, param_dtype=pdt, rngs=rngs)
 
-  def __call__(self, x_BTD, **attn_kwargs):
-    x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), **attn_kwargs)
-    x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
-    return shard(x_BTD, ("act_batch", "act_seq", "act_embed"))
+  def __call__(self, x_BTD, delta_BTD=None, **attn_kwargs):
+    """Residual stream x plus the previous block's pending branch output delta (None in the
+    first block) -> (residual stream, this block's pending MLP output). Each residual add
+    happens inside the norm that follows it (one kernel each way with the Pallas norm)."""
+    x_BTD, h_BTD = self.attn_norm.add_norm(x_BTD, delta_BTD)
+    x_BTD, h_BTD = self.mlp_norm.add_norm(x_BTD, self.attn(h_BTD, **attn_kwargs))
+    return shard(x_BTD, ("act_batch", "act_seq", "act_embed")), self.mlp(h_BTD)
 
 
 class Transformer(nnx.Module):
@@ -97,7 +106,8 @@ class Transformer(nnx.Module):
     V, D = config.padded_vocab_size, config.d_model
     self.embed = param(rngs, nnx.initializers.normal(stddev=1.0), (V, D), ("vocab", "embed"), pdt)
     self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
-    self.final_norm = RMSNorm(D, eps=config.norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
+    self.final_norm = RMSNorm(D, eps=config.norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs,
+                              implementation=config.norm_implementation)
     self.lm_head = Dense(D, V, ("embed", "vocab"), dtype=dt, param_dtype=pdt, rngs=rngs,
                          init=nnx.initializers.normal(stddev=D ** -0.5))
 
@@ -112,12 +122,14 @@ class Transformer(nnx.Module):
     x_BTD = shard(x_BTD, ("act_batch", "act_seq", "act_embed"))
     kwargs = dict(positions_BT=positions_BT, segment_ids_BT=segment_ids_BT,
                   rope_theta=rope_theta, decode=decode)
+    delta_BTD = None
     for block in self.blocks:
       if self.config.remat and not decode:
-        x_BTD = nnx.remat(lambda blk, x: blk(x, **kwargs))(block, x_BTD)
+        x_BTD, delta_BTD = nnx.remat(lambda blk, x, d: blk(x, d, **kwargs))(block, x_BTD,
+                                                                            delta_BTD)
       else:
-        x_BTD = block(x_BTD, **kwargs)
-    return self.final_norm(x_BTD)
+        x_BTD, delta_BTD = block(x_BTD, delta_BTD, **kwargs)
+    return self.final_norm.add_norm(x_BTD, delta_BTD)[1]
 
   def logits(self, h_BTD):
     """float32 logits over the real vocabulary (padding columns cut off)."""

@@ -3,6 +3,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ssmax_jax import ops
+from ssmax_jax.nn.partitioning import activation_spec
+
 
 def param(rngs, init, shape, names, dtype):
   """An nnx.Param with logical axis names (sharded later by the trainer, not eagerly)."""
@@ -22,15 +25,28 @@ class Dense(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-  def __init__(self, dim, *, eps=1e-6, dtype, param_dtype, rngs):
+  """x * rsqrt(mean(x^2) + eps) * scale, computed in float32 and returned in dtype.
+
+  `add_norm` adds a branch output to the residual stream first, in the same op (one kernel each
+  way on a GPU: ssmax_jax/ops/norm.py, whose `implementation` this takes).
+  """
+
+  def __init__(self, dim, *, eps=1e-6, dtype, param_dtype, rngs, implementation="xla"):
+    ops.check_norm_implementation(implementation)
     self.scale = param(rngs, nnx.initializers.ones, (dim,), ("norm",), param_dtype)
     self.eps = eps
     self.dtype = dtype
+    self.implementation = implementation
 
-  def __call__(self, x):
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (x32 * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+  def __call__(self, x_BTD):
+    return self.add_norm(x_BTD, None)[1]
+
+  def add_norm(self, x_BTD, delta_BTD):
+    """(x + delta, the norm of it); delta None: (x, the norm of x). x is the residual stream."""
+    names = ("act_batch",) + (None,) * (x_BTD.ndim - 2) + ("act_embed",)
+    return ops.add_rms_norm(x_BTD, delta_BTD, self.scale[...], eps=self.eps,
+                            out_dtype=self.dtype, implementation=self.implementation,
+                            spec=activation_spec(x_BTD.shape, names))
 
 
 def rope(x_BTNH, positions_BT, theta):

@@ -49,9 +49,16 @@ def fit_spec(shape, spec: P, mesh_shape) -> P:
   return P(*fixed)
 
 
-def shard(x: jax.Array, names) -> jax.Array:
-  """Constrains activation `x` to the mesh axes of its logical `names` when a mesh is set."""
+def activation_spec(shape, names) -> P | None:
+  """The PartitionSpec of an activation of `shape` with logical `names` under the mesh in use;
+  None without a mesh."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
-    return x
-  return jax.lax.with_sharding_constraint(x, fit_spec(x.shape, logical_to_spec(names), mesh.shape))
+    return None
+  return fit_spec(shape, logical_to_spec(names), mesh.shape)
+
+
+def shard(x: jax.Array, names) -> jax.Array:
+  """Constrains activation `x` to the mesh axes of its logical `names` when a mesh is set."""
+  spec = activation_spec(x.shape, names)
+  return x if spec is None else jax.lax.with_sharding_constraint(x, spec)

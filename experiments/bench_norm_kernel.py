@@ -1,0 +1,94 @@
+"""The residual add + RMSNorm alone, forward and forward + backward, by the Pallas kernel at
+several tile settings and by XLA (the paper step runs it 25 times: 12 blocks x 2 norms + final).
+
+  python -m experiments.bench_norm_kernel                               # H200: 32,768 x 768 bf16
+  python -m experiments.bench_norm_kernel --rows=64 --width=96 --tiles=8:4:2 --steps=1   # CPU
+
+Counted floor, in tensors of [rows, width]: the forward reads x and delta and writes the sum
+and the norm (4); the backward reads the sum, d_y and d_sum and writes d_x (4). GB/s below counts
+those bytes for every row (XLA included), against the card's ~4.8 TB/s. Each setting is checked
+against XLA's outputs and gradients before it is timed.
+"""
+import jax
+import jax.numpy as jnp
+from absl import app
+from absl import flags
+
+from experiments.timing import mean_ms
+from ssmax_jax.kernels import rms_norm_gpu
+
+_ROWS = flags.DEFINE_integer("rows", 32768, "Rows (tokens of one step).")
+_WIDTH = flags.DEFINE_integer("width", 768, "Model width D.")
+_DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Residual stream dtype.")
+_TILES = flags.DEFINE_list("tiles", ["4:4:16", "2:2:16", "8:4:8", "4:4:32", "4:4:4", "8:8:8"],
+                           "Kernel settings block_rows:num_warps:bwd_row_blocks.")
+_STEPS = flags.DEFINE_integer("steps", 50, "Timed calls after one warm-up.")
+EPS = 1e-6
+
+
+def _tiles(rows):
+  out = []
+  for item in _TILES.value:
+    try:
+      block_rows, warps, row_blocks = map(int, item.split(":"))
+    except ValueError:
+      raise ValueError(f"--tiles entry {item!r} is not block_rows:num_warps:bwd_row_blocks "
+                       "(e.g. 4:4:16).") from None
+    if rows % block_rows:
+      raise ValueError(f"--tiles {item}: block_rows must divide --rows={rows}.")
+    out.append((block_rows, warps, row_blocks))
+  return out
+
+
+def _fwd_bwd(norm):
+  """jit of (sum, y, d_x, d_delta, d_scale) at fixed cotangents: the training step's work."""
+  def f(x, delta, scale, d_sum, d_y):
+    out, vjp = jax.vjp(norm, x, delta, scale)
+    return out + vjp((d_sum, d_y))
+  return jax.jit(f)
+
+
+def main(argv):
+  del argv
+  M, D, dtype = _ROWS.value, _WIDTH.value, jnp.dtype(_DTYPE.value)
+  tiles = _tiles(M)
+  interpret = jax.default_backend() == "cpu"
+  k = jax.random.split(jax.random.key(0), 5)
+  x, delta, d_sum, d_y = (jax.random.normal(kk, (M, D)).astype(dtype) for kk in k[:4])
+  scale = 1.0 + 0.1 * jax.random.normal(k[4], (D,))
+  args = (x, delta, scale, d_sum, d_y)
+  tensor = M * D * dtype.itemsize
+  print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {M} x {D} {dtype.name}"
+        f"{', interpret mode' if interpret else ''}", flush=True)
+
+  def measure(name, norm):
+    fwd = jax.jit(lambda x, d, s: norm(x, d, s))
+    both = _fwd_bwd(norm)
+    got = both(*args)
+    err = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
+              for a, b in zip(got, want)) if want else 0.0
+    fwd_ms = mean_ms(fwd, x, delta, scale, steps=_STEPS.value)
+    both_ms = mean_ms(both, *args, steps=_STEPS.value)
+    rows.append((name, fwd_ms, 4 * tensor / fwd_ms / 1e6, both_ms, 8 * tensor / both_ms / 1e6,
+                 err))
+    print(f"{name}: forward {fwd_ms:.4f} ms, forward + backward {both_ms:.4f} ms", flush=True)
+    return got
+
+  rows, want = [], None
+  want = measure("XLA", lambda x, d, s: rms_norm_gpu.reference_add_rms_norm(
+      x, d, s, eps=EPS, out_dtype=dtype))
+  for block_rows, warps, row_blocks in tiles:
+    measure(f"kernel {block_rows}:{warps}:{row_blocks}",
+            lambda x, d, s, br=block_rows, nw=warps, rb=row_blocks: rms_norm_gpu.add_rms_norm(
+                x, d, s, eps=EPS, out_dtype=dtype, block_rows=br, num_warps=nw,
+                bwd_row_blocks=rb, interpret=interpret))
+  print("\n| implementation (rows:warps:bwd blocks) | forward ms | GB/s | forward + backward ms "
+        "| GB/s | max abs diff vs XLA |\n|---|---|---|---|---|---|")
+  for name, f_ms, f_gbs, b_ms, b_gbs, err in rows:
+    print(f"| {name} | {f_ms:.4f} | {f_gbs:,.0f} | {b_ms:.4f} | {b_gbs:,.0f} | {err:.2e} |")
+  print(f"floor at 4.8 TB/s: forward {4 * tensor / 4.8e9:.4f} ms, forward + backward "
+        f"{8 * tensor / 4.8e9:.4f} ms")
+
+
+if __name__ == "__main__":
+  app.run(main)
