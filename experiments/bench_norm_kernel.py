@@ -20,7 +20,7 @@ from ssmax_jax.kernels import rms_norm_gpu
 _ROWS = flags.DEFINE_integer("rows", 32768, "Rows (tokens of one step).")
 _WIDTH = flags.DEFINE_integer("width", 768, "Model width D.")
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Residual stream dtype.")
-_TILES = flags.DEFINE_list("tiles", ["4:4:16", "2:2:16", "8:4:8", "4:4:32", "4:4:4", "8:8:8"],
+_TILES = flags.DEFINE_list("tiles", ["4:4:4", "4:4:16", "4:4:1", "4:4:2", "8:8:2", "2:2:4", "8:4:1"],
                            "Kernel settings block_rows:num_warps:bwd_row_blocks.")
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed calls after one warm-up.")
 EPS = 1e-6

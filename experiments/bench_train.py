@@ -57,6 +57,9 @@ _ATTN_IMPL = flags.DEFINE_list("attention_impl", ["auto"], "model.implementation
 _NORM_IMPL = flags.DEFINE_list("norm_implementation", ["paper"], "model.norm_implementation "
                                 "values (residual add + RMSNorm): paper (the config's), auto, "
                                 "xla, pallas.")
+_XLA_FLAGS = flags.DEFINE_string("xla_flags", "paper", "XLA flags for the whole run (XLA reads "
+                                  "them once): 'paper' takes paper_162m's config.xla_flags; '' "
+                                  "none beyond XLA_FLAGS.")
 _SMALL = flags.DEFINE_bool("small", False, "A tiny model for a CPU smoke test.")
 _MODEL = flags.DEFINE_enum("model", "paper_162m", ["paper_162m", "h200_small"],
                            "The model: configs/paper_162m.py, or the h200_small preset of "
@@ -196,6 +199,9 @@ def time_pipeline(directory, tokenizer, workers) -> float:
 
 def main(argv):
   del argv
+  flags_of = paper_162m.get_config() if _XLA_FLAGS.value == "paper" else dict(
+      xla_flags=_XLA_FLAGS.value)
+  xla_flags = config_lib.apply_xla_flags(flags_of)  # before anything starts JAX's backends
   if _REAL.value and not _PIPELINE.value:
     raise ValueError("--real_tokens needs --pipeline_data=DIR (a prepared GPT-2 data directory).")
   if _REAL.value and _SMALL.value:
@@ -206,7 +212,7 @@ def main(argv):
     print(f"input pipeline, {workers} workers: {rate:,.0f} tokens/s", flush=True)
   device = jax.devices()[0]
   print(f"jax {jax.__version__}, {device.platform} {device.device_kind}, "
-        f"batch {_BATCH.value} x {_SEQ.value}", flush=True)
+        f"batch {_BATCH.value} x {_SEQ.value}, XLA_FLAGS={xla_flags!r}", flush=True)
   rows = []
   for attention, pad, chunk, remat, logits, loss_impl, attn_impl, norm_impl in itertools.product(
       _ATTENTION.value, _VOCAB_PAD.value, _CHUNK.value, _REMAT.value, _LOGITS.value,

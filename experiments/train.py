@@ -36,6 +36,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
   try:
+    train_lib.apply_xla_flags(_CONFIG.value)  # before anything starts JAX's backends
     result = train_lib.train(_CONFIG.value, _WORKDIR.value)
   except (ValueError, train_lib.NonFiniteLossError) as e:
     print(f"error: {e}", file=sys.stderr)

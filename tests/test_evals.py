@@ -70,15 +70,15 @@ def test_last_query_probs_reproduce_every_layers_attention_output(variant):
   probs = np.asarray(attention.last_query_probs(model, tokens, rope_theta=theta))
   assert probs.shape == (2, 2, 4, 40)
   np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
-  x = model.embed[...][tokens]
+  x, delta = model.embed[...][tokens], None
   for layer, block in enumerate(model.blocks):
-    attn, h = block.attn, block.attn_norm(x)
+    attn, h = block.attn, block.attn_norm.add_norm(x, delta)[1]
     v = attn.v_proj(h).reshape(2, 40, 2, 8)
     v_N = jnp.repeat(v, 2, axis=2)  # query head n reads kv head n // 2
     row = jnp.einsum("bnt,btnh->bnh", probs[:, layer], v_N).reshape(2, 32)
     want = attn(h, rope_theta=theta)[:, -1]
     np.testing.assert_allclose(attn.o_proj(row), want, atol=2e-5)
-    x = block(x, rope_theta=theta)
+    x, delta = block(x, delta, rope_theta=theta)
 
 
 def test_uniform_attention_puts_span_length_over_T_on_the_needle():

@@ -306,3 +306,28 @@ def test_cli_rejects_an_unknown_config_key(tmp_path):
   assert proc.returncode != 0
   assert "unknown config key 'config.train.lerning_rate'" in proc.stderr
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_xla_flags_go_into_the_environment_before_jax_starts(monkeypatch):
+  from ssmax_jax.train import apply_xla_flags
+  flag = "--xla_gpu_enable_triton_gemm=false"
+  config = _config()
+  config.xla_flags = flag
+  # A fresh process, where no backend has started: the launcher's case.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = ("import os; from configs import paper_162m; from ssmax_jax.train import apply_xla_flags;"
+          "print(apply_xla_flags(paper_162m.get_config())); print(os.environ['XLA_FLAGS'])")
+  env = dict(os.environ, XLA_FLAGS="--xla_dump_to=/tmp/nowhere", PYTHONPATH=root)
+  out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=120).stdout.split("\n")
+  assert out[0] == out[1] == f"--xla_dump_to=/tmp/nowhere {flag}"
+  # Here JAX has started: flags already in effect pass, new ones are an error, not ignored.
+  jax.devices()
+  monkeypatch.setenv("XLA_FLAGS", flag)
+  assert apply_xla_flags(config) == flag
+  monkeypatch.setenv("XLA_FLAGS", "")
+  with pytest.raises(ValueError, match="must be set before JAX starts its backends"):
+    apply_xla_flags(config)
+  config.xla_flags = "xla_gpu_enable_triton_gemm=false"
+  with pytest.raises(ValueError, match="config.xla_flags has"):
+    validate(config)

@@ -38,11 +38,11 @@ def _last_row_probs(graphdef, state, tokens_BT, rope_theta):
   x_BTD = model.embed[...].astype(model.config.dtype)[tokens_BT]
   positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
   last_B1 = positions_BT[:, -1:]
-  probs = []
+  probs, delta_BTD = [], None  # a block's MLP output is added inside the next block's norm
   for i, block in enumerate(model.blocks):
     attn = block.attn
     N, K, H = attn.num_heads, attn.num_kv_heads, attn.head_dim
-    h_BTD = block.attn_norm(x_BTD)
+    h_BTD = block.attn_norm.add_norm(x_BTD, delta_BTD)[1]
     q_B1NH = rope(attn.q_proj(h_BTD[:, -1:]).reshape(B, 1, N, H), last_B1, rope_theta)
     k_BTKH = rope(attn.k_proj(h_BTD).reshape(B, T, K, H), positions_BT, rope_theta)
     c_BN = _row_multiplier(attn.logit_scale, q_B1NH, k_BTKH, last_B1)[:, 0]
@@ -52,7 +52,7 @@ def _last_row_probs(graphdef, state, tokens_BT, rope_theta):
     logits_BNT = logits_BKGT.reshape(B, N, T) * (H ** -0.5) * c_BN[..., None]
     probs.append(jax.nn.softmax(logits_BNT, axis=-1))  # every key 0..T-1 is attended
     if i + 1 < len(model.blocks):
-      x_BTD = block(x_BTD, rope_theta=rope_theta)
+      x_BTD, delta_BTD = block(x_BTD, delta_BTD, rope_theta=rope_theta)
   return jnp.stack(probs, axis=1)  # [B,L,N,T]
 
 

@@ -31,14 +31,13 @@ from jax.experimental.pallas import triton as plgpu
 
 _F32 = jnp.float32
 
-# Not yet measured on a GPU: picked for D = 768 in bf16 (a 4 x 1024 tile is 32 float32 values
-# per thread at 4 warps, so x, delta and the sum stay in registers). To be tuned on the H200.
+# 4 rows x 4 warps forward; backward programs of 4 such blocks: the fastest forward + backward
+# of six settings on the H200 at 32,768 x 768 bf16 (docs/performance.md, 2026-11-29). Each
+# backward program accumulates its rows' scale gradient in registers, so the partial sums are
+# [M / 16, D] float32 (6 MB at M = 32,768) rather than one row of them per 4 rows.
 BLOCK_ROWS = 4
 NUM_WARPS = 4
-# Row blocks per backward program: each program accumulates its rows' scale gradient in
-# registers, so the partial sums are [M / (4 * 16), D] float32 (1.5 MB at M = 32,768) rather
-# than half a bf16 tensor at one block per program. Also not yet measured.
-BWD_ROW_BLOCKS = 16
+BWD_ROW_BLOCKS = 4
 
 
 def supported(num_rows: int, block_rows: int = BLOCK_ROWS) -> bool:
@@ -73,7 +72,9 @@ def _check(x, delta, scale, block_rows=None):
 def reference_add_rms_norm(x, delta, scale, *, eps, out_dtype):
   """(sum, y) of the contract in jnp: the XLA path, differentiated by jax autodiff."""
   _check(x, delta, scale)
-  s = x if delta is None else (x.astype(_F32) + delta.astype(_F32)).astype(x.dtype)
+  # The add in x's dtype (one correctly rounded sum, as the kernel's float32 add then round):
+  # written as the unfused model wrote it, XLA fuses it as it did there.
+  s = x if delta is None else x + delta.astype(x.dtype)
   s32 = s.astype(_F32)
   s32 = s32 * lax.rsqrt(jnp.mean(s32 * s32, axis=-1, keepdims=True) + eps)
   return s, (s32 * scale.astype(_F32)).astype(out_dtype)

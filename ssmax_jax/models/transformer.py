@@ -36,7 +36,7 @@ class TransformerConfig:
   implementation: str | None = None  # attention backend; None picks per platform
   # Residual add + RMSNorm: 'auto' (a Pallas kernel on a GPU where it applies, XLA elsewhere),
   # 'xla' or 'pallas' (ssmax_jax/ops/norm.py).
-  norm_implementation: str = "xla"
+  norm_implementation: str = "auto"
 
   def __post_init__(self):
     ops.check_variant(self.attention)
