@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One device call (about 8 minutes) for the training-throughput work (issue 4), with the anchors
+# in the same run (docs/WORKSPACE.md, "Run on a GPU"):
+#   1. the paper model's SSMax train step as configured (configs/paper_162m.py: bf16 logits, the
+#      Pallas loss and norm kernels, cuBLAS-only GEMMs) and with the XLA norm;
+#   2. the anchors of shared/bench (if copied to .devcarry/bench);
+#   3. the GPU tests;
+#   4. the step with Triton GEMMs on, without XLA command buffers, and with command buffers for
+#      sequences of one kernel (each its own process: XLA reads its flags once);
+#   5. the norm kernel alone at several tile settings (bench_norm_kernel).
+# Measured in earlier calls and dropped since (docs/performance.md): float32 logits, CUDA-graph
+# while loops, 32,768-token chunks, the loss kernel's tilings, cuDNN against our attention in the
+# step, profiles (bench_train --profile_steps=3 --profile_top=40 --dump_hlo=DIR).
+# Usage on the device (from the repo root, .devcarry carried): bash scripts/gpu_calibration.sh
+# Logs go to $OUT (the device tool's folder) or ./gpu_calibration.
+source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh" gpu_calibration
+
+# In order of importance, so that a call cut at its 10 minutes loses the least.
+step() {  # bench_train of the paper model's SSMax step; extra flags after
+  timeout 150 python3 -m experiments.bench_train --attention=ssmax --vocab_pad=64 "$@" 2>&1 \
+    | quiet | grep -e "|" -e "^jax" | grep -v -e "^| configuration" -e "^|---"
+}
+echo "== paper_162m step: as configured, and with the XLA norm"
+step --norm_implementation=paper,xla | tee "$out/bench_train.log"
+
+if [ -d .devcarry/bench ]; then
+  echo "== anchors"
+  timeout 150 python3 .devcarry/bench/jax_gpt_anchor.py 2>&1 | quiet | tail -2 | tee "$out/anchors.log"
+  timeout 150 python3 .devcarry/bench/torch_gpt_anchor.py 2>&1 | tail -2 | tee -a "$out/anchors.log"
+fi
+
+echo "== GPU tests"
+timeout 150 python3 -m pytest -q -m gpu tests/ 2>&1 | tail -3 | tee "$out/gpu_tests.log"
+
+echo "== XLA flags, one process each"
+step --xla_flags= | tee -a "$out/bench_train_flags.log"  # Triton GEMMs on (XLA's default)
+step --xla_flags="--xla_gpu_enable_triton_gemm=false --xla_gpu_enable_command_buffer=" \
+  | tee -a "$out/bench_train_flags.log"
+step --xla_flags="--xla_gpu_enable_triton_gemm=false --xla_gpu_graph_min_graph_size=1" \
+  | tee -a "$out/bench_train_flags.log"
+
+echo "== residual add + RMSNorm kernel, 32,768 x 768 bf16"
+timeout 60 python3 -m experiments.bench_norm_kernel 2>&1 | quiet | grep -e "|" -e floor \
+  | tee "$out/norm_kernel.log"
