@@ -29,7 +29,7 @@ def get_config():
   # against 495,951 with float32 and XLA (docs/performance.md). float32 by
   # --config.train.loss_logits_dtype=float32.
   c.train.loss_logits_dtype = "bfloat16"
-  # cuBLAS for every GEMM (no Triton GEMM fusions): 0.6-1.3% faster on the H200 in four
+  # cuBLAS for every GEMM (no Triton GEMM fusions): 0.6-1.4% faster on the H200 in five
   # same-call comparisons (docs/performance.md). Applied by the launcher (config.xla_flags).
   c.xla_flags = "--xla_gpu_enable_triton_gemm=false"
   c.optimizer.update(lr=6e-4, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0,

@@ -31,7 +31,7 @@ class RMSNorm(nnx.Module):
   way on a GPU: ssmax_jax/ops/norm.py, whose `implementation` this takes).
   """
 
-  def __init__(self, dim, *, eps=1e-6, dtype, param_dtype, rngs, implementation="xla"):
+  def __init__(self, dim, *, eps=1e-6, dtype, param_dtype, rngs, implementation="auto"):
     ops.check_norm_implementation(implementation)
     self.scale = param(rngs, nnx.initializers.ones, (dim,), ("norm",), param_dtype)
     self.eps = eps
