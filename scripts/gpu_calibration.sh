@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call (about 8 minutes) for the training-throughput work (issue 4), with the anchors
+# One device call (about 6 minutes) for the training-throughput work (issue 4), with the anchors
 # in the same run (docs/WORKSPACE.md, "Run on a GPU"):
 #   1. the paper model's SSMax train step as configured (configs/paper_162m.py: bf16 logits, the
 #      Pallas loss and norm kernels, cuBLAS-only GEMMs) and with the XLA norm;
