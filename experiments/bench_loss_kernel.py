@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from absl import app
 from absl import flags
 
-from experiments.timing import mean_ms
+from experiments.timing import mean_ms, parse_settings
 from ssmax_jax.kernels import cross_entropy_gpu
 from ssmax_jax.train.loss import xla_loss_and_grad
 
@@ -29,22 +29,10 @@ _TILES = flags.DEFINE_list("tiles", ["8:1024:8", "4:1024:4", "8:2048:8", "16:102
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed calls after one warm-up.")
 
 
-def _tiles():
-  out = []
-  for item in _TILES.value:
-    try:
-      rows, vocab, warps = map(int, item.split(":"))
-    except ValueError:
-      raise ValueError(f"--tiles entry {item!r} is not block_rows:block_vocab:num_warps "
-                       "(e.g. 8:1024:8).") from None
-    out.append((rows, vocab, warps))
-  return out
-
-
 def main(argv):
   del argv
   M, V, real = _ROWS.value, _VOCAB.value, min(_REAL_VOCAB.value, _VOCAB.value)
-  tiles = _tiles()
+  tiles = parse_settings(_TILES.value, ("block_rows", "block_vocab", "num_warps"), "8:1024:8")
   bad = [t for t in tiles if M % t[0]]
   if bad:
     raise ValueError(f"--tiles {bad}: block_rows must divide --rows={M}.")

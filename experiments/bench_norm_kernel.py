@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from absl import app
 from absl import flags
 
-from experiments.timing import mean_ms
+from experiments.timing import mean_ms, parse_settings
 from ssmax_jax.kernels import rms_norm_gpu
 
 _ROWS = flags.DEFINE_integer("rows", 32768, "Rows (tokens of one step).")
@@ -29,20 +29,6 @@ _STEPS = flags.DEFINE_integer("steps", 50, "Timed calls after one warm-up.")
 EPS = 1e-6
 
 
-def _tiles(rows):
-  out = []
-  for item in _TILES.value:
-    try:
-      block_rows, warps, row_blocks = map(int, item.split(":"))
-    except ValueError:
-      raise ValueError(f"--tiles entry {item!r} is not block_rows:num_warps:bwd_row_blocks "
-                       "(e.g. 4:4:16).") from None
-    if rows % block_rows:
-      raise ValueError(f"--tiles {item}: block_rows must divide --rows={rows}.")
-    out.append((block_rows, warps, row_blocks))
-  return out
-
-
 def _fwd_bwd(norm):
   """jit of (sum, y, d_x, d_delta, d_scale) at fixed cotangents: the training step's work."""
   def f(x, delta, scale, d_sum, d_y):
@@ -54,7 +40,10 @@ def _fwd_bwd(norm):
 def main(argv):
   del argv
   M, D, dtype = _ROWS.value, _WIDTH.value, jnp.dtype(_DTYPE.value)
-  tiles = _tiles(M)
+  tiles = parse_settings(_TILES.value, ("block_rows", "num_warps", "bwd_row_blocks"), "4:4:4")
+  bad = [t for t in tiles if M % t[0]]
+  if bad:
+    raise ValueError(f"--tiles {bad}: block_rows must divide --rows={M}.")
   interpret = jax.default_backend() == "cpu"
   k = jax.random.split(jax.random.key(0), 5)
   x, delta, d_sum, d_y = (jax.random.normal(kk, (M, D)).astype(dtype) for kk in k[:4])
@@ -64,12 +53,13 @@ def main(argv):
   print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {M} x {D} {dtype.name}"
         f"{', interpret mode' if interpret else ''}", flush=True)
 
-  def measure(name, norm):
+  def measure(name, norm, want=None):
     fwd = jax.jit(lambda x, d, s: norm(x, d, s))
     both = _fwd_bwd(norm)
     got = both(*args)
-    err = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
-              for a, b in zip(got, want)) if want else 0.0
+    err = 0.0 if want is None else max(
+        float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
+        for a, b in zip(got, want))
     fwd_ms = mean_ms(fwd, x, delta, scale, steps=_STEPS.value)
     both_ms = mean_ms(both, *args, steps=_STEPS.value)
     rows.append((name, fwd_ms, 4 * tensor / fwd_ms / 1e6, both_ms, 8 * tensor / both_ms / 1e6,
@@ -77,14 +67,14 @@ def main(argv):
     print(f"{name}: forward {fwd_ms:.4f} ms, forward + backward {both_ms:.4f} ms", flush=True)
     return got
 
-  rows, want = [], None
+  rows = []
   want = measure("XLA", lambda x, d, s: rms_norm_gpu.reference_add_rms_norm(
       x, d, s, eps=EPS, out_dtype=dtype))
   for block_rows, warps, row_blocks in tiles:
     measure(f"kernel {block_rows}:{warps}:{row_blocks}",
             lambda x, d, s, br=block_rows, nw=warps, rb=row_blocks: rms_norm_gpu.add_rms_norm(
                 x, d, s, eps=EPS, out_dtype=dtype, block_rows=br, num_warps=nw,
-                bwd_row_blocks=rb, interpret=interpret))
+                bwd_row_blocks=rb, interpret=interpret), want)
   print("\n| implementation (rows:warps:bwd blocks) | forward ms | GB/s | forward + backward ms "
         "| GB/s | max abs diff vs XLA |\n|---|---|---|---|---|---|")
   for name, f_ms, f_gbs, b_ms, b_gbs, err in rows:

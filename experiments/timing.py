@@ -1,4 +1,5 @@
-"""Wall-clock timing of jitted calls, shared by the benchmark entry points."""
+"""Wall-clock timing of jitted calls and kernel-setting flags, shared by the benchmark entry
+points."""
 import time
 
 import jax
@@ -14,6 +15,21 @@ def mean_ms(fn, *args, steps: int) -> float:
     out = fn(*args)
   jax.block_until_ready(out)
   return (time.perf_counter() - t0) / steps * 1e3
+
+
+def parse_settings(items, fields, example):
+  """[(int, ...)] from --tiles entries 'a:b:...' naming `fields` in order; a ValueError names
+  the entry, the form and `example`."""
+  out = []
+  for item in items:
+    try:
+      values = tuple(map(int, item.split(":")))
+    except ValueError:
+      values = ()
+    if len(values) != len(fields):
+      raise ValueError(f"--tiles entry {item!r} is not {':'.join(fields)} (e.g. {example}).")
+    out.append(values)
+  return out
 
 
 def median_s(fn, *args, iters: int, warmup: int = 1) -> float:

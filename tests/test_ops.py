@@ -352,6 +352,8 @@ def test_norm_backend_choice_and_errors():
   assert norm.resolve_implementation("xla", (rows + 1, 8)) == "xla"
   with pytest.raises(ValueError, match="needs whole rows on each device and a multiple of"):
     norm.resolve_implementation("pallas", (rows + 1, 8))
+  with pytest.raises(ValueError, match="'pallas' is a GPU \\(Triton\\) kernel"):
+    norm.resolve_implementation("pallas", (rows, 8), backend="tpu")
   with pytest.raises(ValueError, match="norm implementation='triton' is unknown"):
     norm.resolve_implementation("triton", (rows, 8))
   x = jnp.ones((2, rows, 8))

@@ -45,7 +45,7 @@ def supported(num_rows: int, block_rows: int = BLOCK_ROWS) -> bool:
   return num_rows % block_rows == 0
 
 
-def _check(x, delta, scale, block_rows=None):
+def check_inputs(x, delta, scale, block_rows=None):
   """ValueError for what a caller can get wrong; returns (M, D)."""
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"x has dtype {x.dtype}: pass a float array (the residual stream).")
@@ -71,7 +71,7 @@ def _check(x, delta, scale, block_rows=None):
 
 def reference_add_rms_norm(x, delta, scale, *, eps, out_dtype):
   """(sum, y) of the contract in jnp: the XLA path, differentiated by jax autodiff."""
-  _check(x, delta, scale)
+  check_inputs(x, delta, scale)
   # The add in x's dtype (one correctly rounded sum, as the kernel's float32 add then round):
   # written as the unfused model wrote it, XLA fuses it as it did there.
   s = x if delta is None else x + delta.astype(x.dtype)
@@ -232,7 +232,7 @@ def add_rms_norm(x, delta, scale_D, *, eps, out_dtype, block_rows=BLOCK_ROWS,
   delta None normalises x alone (sum is x). block_rows rows per forward program, power of two
   dividing the rows; backward programs take up to bwd_row_blocks such blocks each.
   """
-  M, D = _check(x, delta, scale_D, block_rows)
+  M, D = check_inputs(x, delta, scale_D, block_rows)
   if bwd_row_blocks < 1:
     raise ValueError(f"bwd_row_blocks={bwd_row_blocks}: pass a positive count of row blocks.")
   cfg = _Config(float(eps), np.dtype(out_dtype), block_rows, num_warps, bwd_row_blocks,

@@ -42,9 +42,13 @@ def resolve_implementation(implementation, shape, spec=None, backend=None):
   check_implementation(implementation)
   if implementation == "xla":
     return "xla"
+  backend = jax.default_backend() if backend is None else backend
   local_rows, width_whole = _local_rows(shape, spec)
   fits = width_whole and rms_norm_gpu.supported(local_rows)
   if implementation == "pallas":
+    if backend == "tpu":
+      raise ValueError("norm implementation 'pallas' is a GPU (Triton) kernel: use 'auto' or "
+                       "'xla' on TPU.")
     if not fits:
       raise ValueError(
           f"norm implementation 'pallas' needs whole rows on each device and a multiple of "
@@ -52,7 +56,6 @@ def resolve_implementation(implementation, shape, spec=None, backend=None):
           f"{shape[-1]}, {'whole' if width_whole else 'split over ' + repr(spec[-1])}): change "
           "the batch or mesh, or use 'xla' or 'auto'.")
     return "pallas"
-  backend = jax.default_backend() if backend is None else backend
   return "pallas" if backend == "gpu" and fits else "xla"
 
 
@@ -63,8 +66,7 @@ def add_rms_norm(x, delta, scale_D, *, eps, out_dtype, implementation="auto", sp
   the rounded sum, as an unfused layer computes it on a bf16 residual stream. spec: x's
   PartitionSpec under the mesh in use (None: no mesh); the kernel runs on each device's rows.
   """
-  if delta is not None and delta.shape != x.shape:
-    raise ValueError(f"delta has shape {delta.shape}, expected x's shape {x.shape}.")
+  rms_norm_gpu.check_inputs(x, delta, scale_D)
   impl = resolve_implementation(implementation, x.shape, spec)
   if impl == "xla":
     return rms_norm_gpu.reference_add_rms_norm(x, delta, scale_D, eps=eps, out_dtype=out_dtype)
