@@ -32,6 +32,24 @@ def test_device_kernels_are_summed_per_step_and_categorised(tmp_path):
   assert "| matmul | 3.00 | 66.7% |" in profiling.format_summary(summary)
 
 
+def test_device_idle_counts_gaps_inside_steps_only(tmp_path):
+  meta = [dict(ph="M", name="process_name", pid=1, args=dict(name="/device:GPU:0"))]
+  kernel = lambda name, ts, dur, tid=7: dict(ph="X", name=name, pid=1, tid=tid, ts=ts, dur=dur)
+  # Two steps; in each, gemm [0, 100), attention on another stream [50, 150), then a 30 us wait
+  # before the norm [180, 200). Between the steps the device waits 5,000 us.
+  events = meta
+  for start in (0, 5200):
+    events += [kernel("gemm", start, 100), kernel("fmha", start + 50, 100, tid=8),
+               kernel("norm", start + 180, 20)]
+  path = tmp_path / "perfetto_trace.json.gz"
+  _write_trace(path, events)
+  idle = profiling.device_idle(str(path), num_steps=2)
+  assert idle["busy_ms"] == pytest.approx(0.170)  # [0, 150) and [180, 200) merged per step
+  assert idle["idle_ms"] == pytest.approx(0.030)  # the wait between the steps left out
+  assert idle["gaps"] == [("fmha", "norm", pytest.approx(0.030), 1.0)]
+  assert "| `fmha` | `norm` | 0.030 | 1 |" in profiling.format_idle(idle)
+
+
 def test_trace_steps_on_this_machine(tmp_path):
   f = jax.jit(lambda x: jnp.tanh(x @ x))
   x = jnp.ones((256, 256))

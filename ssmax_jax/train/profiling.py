@@ -102,6 +102,48 @@ def device_time_by_kernel(trace_path: str, num_steps: int) -> dict:
                for n, ms in total.most_common()])
 
 
+def device_idle(trace_path: str, num_steps: int, top: int = 10) -> dict:
+  """Where a device waits inside the traced steps: {'busy_ms', 'idle_ms' (per step, between
+  kernels, the num_steps - 1 longest gaps left out as the waits between steps), 'gaps':
+  [(kernel before, kernel after, ms per step, gaps per step)], longest total first}.
+
+  Kernels of all device streams are merged into one busy timeline; a gap is time none runs.
+  """
+  with gzip.open(trace_path, "rt") as f:
+    doc = json.load(f)
+  events = doc["traceEvents"] if isinstance(doc, dict) else doc
+  ops = sorted(_op_events(events), key=lambda e: e["ts"])
+  gaps, busy, end, last = [], 0.0, None, None
+  for e in ops:
+    start, stop = e["ts"], e["ts"] + e.get("dur", 0.0)
+    if end is None or start > end:
+      if end is not None:
+        gaps.append((start - end, last, e["name"]))
+      busy += stop - start
+      end, last = stop, e["name"]
+    elif stop > end:
+      busy += stop - end
+      end, last = stop, e["name"]
+  gaps.sort(key=lambda g: g[0])
+  inside = gaps[:len(gaps) - (num_steps - 1)] if num_steps > 1 else gaps
+  by_pair, count = collections.Counter(), collections.Counter()
+  for us, before, after in inside:
+    by_pair[before, after] += us
+    count[before, after] += 1
+  return dict(busy_ms=busy / 1e3 / num_steps,
+              idle_ms=sum(g[0] for g in inside) / 1e3 / num_steps,
+              gaps=[(b, a, us / 1e3 / num_steps, count[b, a] / num_steps)
+                    for (b, a), us in by_pair.most_common(top)])
+
+
+def format_idle(idle: dict) -> str:
+  lines = [f"device busy {idle['busy_ms']:.2f} ms per step, idle between its kernels "
+           f"{idle['idle_ms']:.2f} ms", "", "| kernel before | kernel after | idle ms/step | "
+           "gaps/step |", "|---|---|---|---|"]
+  lines += [f"| `{b[:60]}` | `{a[:60]}` | {ms:.3f} | {k:g} |" for b, a, ms, k in idle["gaps"]]
+  return "\n".join(lines)
+
+
 _SECTION_ROW = re.compile(r'^(\d+) (?:"(.*)"|\{(.*)\})$')
 _FIELD = re.compile(r"(\w+)=(\d+)")
 _FUSION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? fusion\(.*?calls=%?([\w.\-]+)")
