@@ -28,6 +28,24 @@ def test_vocab_padding_keeps_logit_width():
   assert model(jnp.zeros((1, 3), jnp.int32)).shape == (1, 3, 61)
 
 
+def test_rope_is_rotate_half_in_float64():
+  from ssmax_jax.nn.layers import rope
+  B, T, N, H, theta = 2, 7, 3, 8, 500.0
+  x = np.random.default_rng(0).normal(size=(B, T, N, H)).astype(np.float32)
+  pos = np.array([[0, 1, 2, 3, 4, 5, 6], [9, 3, 0, 7, 7, 1, 2]])
+  angle = pos[:, :, None, None] * theta ** -(np.arange(0, H, 2) / H)  # [B,T,1,H/2], float64
+  x1, x2 = x[..., :H // 2].astype(np.float64), x[..., H // 2:].astype(np.float64)
+  want = np.concatenate([x1 * np.cos(angle) - x2 * np.sin(angle),
+                         x2 * np.cos(angle) + x1 * np.sin(angle)], -1)
+  got = rope(jnp.asarray(x), jnp.asarray(pos), theta)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  # bf16 in, bf16 out; a rotation keeps each vector's norm at any position
+  assert rope(jnp.asarray(x, jnp.bfloat16), jnp.asarray(pos), theta).dtype == jnp.bfloat16
+  q, k = rope(jnp.asarray(x), jnp.asarray(pos), theta), rope(jnp.asarray(x), jnp.asarray(pos) + 5, theta)
+  np.testing.assert_allclose(np.einsum("btnh,btnh->btn", q, q), np.einsum("btnh,btnh->btn", k, k),
+                             rtol=1e-5)
+
+
 def test_config_errors():
   with pytest.raises(ValueError, match="num_heads"):
     TransformerConfig(d_model=100, num_heads=12)
