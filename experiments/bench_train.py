@@ -116,7 +116,7 @@ def measure(config, name="step") -> dict:
   tx = make_optimizer(config.optimizer, config.train.num_steps)
   t0 = time.perf_counter()
   st = trainer._State.init(cfg, tx, mesh, config)
-  jax.block_until_ready(st.state)
+  jax.block_until_ready(st.leaves)
   init_s = time.perf_counter() - t0
   B, T = config.train.batch_size, config.train.seq_len
   if _REAL.value:  # text repeats tokens, which random ids do not (the embedding's backward)
@@ -137,35 +137,52 @@ def measure(config, name="step") -> dict:
     t0 = time.perf_counter()
     step_fn, hlo = st.step_fn, None
     if _DUMP_HLO.value or _PROFILE.value:  # compiled ahead: the profile names the HLO's fusions
-      step_fn = st.step_fn.lower(st.state, batch).compile()
+      step_fn = st.step_fn.lower(st.leaves, batch).compile()
       hlo = step_fn.as_text()
     if _DUMP_HLO.value:
       dump_hlo(hlo, name)
-    st.state, metrics = step_fn(st.state, batch)
+    st.leaves, metrics = step_fn(st.leaves, batch)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - t0
     for _ in range(3):
-      st.state, metrics = step_fn(st.state, batch)
+      st.leaves, metrics = step_fn(st.leaves, batch)
     jax.block_until_ready(metrics)
+    dt, host_s, loss = _timed_steps(st, step_fn, batch)
     t0 = time.perf_counter()
-    for _ in range(_STEPS.value):
-      st.state, metrics = step_fn(st.state, batch)
-    loss = float(metrics["loss"])  # waits for the last step
-    dt = (time.perf_counter() - t0) / _STEPS.value
+    for _ in range(_STEPS.value):  # each waited for, as a profile traces them: plus dispatch
+      st.leaves, metrics = step_fn(st.leaves, batch)
+      jax.block_until_ready(metrics)
+    waited_s = (time.perf_counter() - t0) / _STEPS.value
     profile = None
     if _PROFILE.value:
       def one_step():
-        st.state, m = step_fn(st.state, batch)
+        st.leaves, m = step_fn(st.leaves, batch)
         jax.block_until_ready(m)
       path = profiling.trace_steps(one_step, _PROFILE.value, _PROFILE_DIR.value)
       profile = profiling.device_time_by_kernel(path, _PROFILE.value)
       profile["sources"] = profiling.fusion_sources(hlo)
+      profile["idle"] = profiling.device_idle(path, _PROFILE.value, top=_PROFILE_TOP.value)
   num_params = count_params(st.objects()[0])
   tps = B * T / dt
   peak = trainer._peak_flops(config)
   return dict(params=num_params, init_s=init_s, compile_s=compile_s, profile=profile, **parts,
-              step_ms=dt * 1e3, tokens_per_s=tps,
+              step_ms=dt * 1e3, host_ms=host_s * 1e3, waited_ms=waited_s * 1e3,
+              tokens_per_s=tps,
               mfu=tps * flops_per_token(cfg, num_params, T) / peak if peak else None, loss=loss)
+
+
+def _timed_steps(st, step_fn, batch):
+  """(seconds per step, host seconds per step inside step_fn, last loss) of --steps steps
+  issued back to back. Host time well below the step's: the host runs ahead (JAX dispatches
+  asynchronously and blocks only when too many steps are queued), the device sets the pace."""
+  host_s = 0.0
+  t0 = time.perf_counter()
+  for _ in range(_STEPS.value):
+    t1 = time.perf_counter()
+    st.leaves, metrics = step_fn(st.leaves, batch)
+    host_s += time.perf_counter() - t1
+  loss = float(metrics["loss"])  # waits for the last step
+  return (time.perf_counter() - t0) / _STEPS.value, host_s / _STEPS.value, loss
 
 
 def _time_parts(st, batch, config, mesh) -> dict:
@@ -232,11 +249,15 @@ def main(argv):
     if r["profile"] is not None:
       print(profiling.format_summary(r["profile"], top=_PROFILE_TOP.value,
                                      sources=r["profile"]["sources"]), flush=True)
+      print(profiling.format_idle(r["profile"]["idle"]), flush=True)
     rows.append((name, r))
-  print("\n| configuration | step ms | tokens/s | MFU |\n|---|---|---|---|")
+  # Then the host's ms inside step_fn per step, and the step when each is waited for.
+  print("\n| configuration | step ms | tokens/s | MFU | host ms in step_fn | ms, each waited for "
+        "|\n|---|---|---|---|---|---|")
   for name, r in rows:
     mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.3f}"
-    print(f"| {name} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} |")
+    print(f"| {name} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | "
+          f"{r['host_ms']:.1f} | {r['waited_ms']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from ssmax_jax.train import (Checkpointer, NonFiniteLossError, cross_entropy_sum
 from ssmax_jax.train import trainer as trainer_lib
 from ssmax_jax.train.loss import reference_cross_entropy_sum
 from ssmax_jax.train.optim import make_optimizer
+from ssmax_jax.train.step import make_train_step
 
 
 def _config(**groups):
@@ -197,6 +198,12 @@ def test_resuming_with_another_optimizer_chain_is_an_error(tmp_path):
   assert Checkpointer(str(tmp_path), read_only=True).steps() == [2]
 
 
+def test_train_step_needs_one_sharding_per_state_leaf():
+  treedef = jax.tree.structure({"a": 1, "b": 2})
+  with pytest.raises(ValueError, match="1 leaf_shardings for a state of 2 leaves"):
+    make_train_step(None, treedef, [None], None, None)
+
+
 def test_switch_variant_adds_s_to_the_optimizer_state_and_keeps_moments():
   config = _config(model=dict(attention="softmax"))
   cfg = validate(config)
@@ -205,7 +212,7 @@ def test_switch_variant_adds_s_to_the_optimizer_state_and_keeps_moments():
   st = trainer_lib._State.init(cfg, tx, mesh, config)
   batch = {k: jnp.asarray(v) for k, v in trainer_lib.make_batches(config).__next__().items()}
   with jax.set_mesh(mesh):
-    st.state, _ = st.step_fn(st.state, batch)
+    st.step(batch)
   before = dict(nnx.to_flat_state(nnx.state(st.objects()[1])))
   trainer_lib._switch_variant(st, "ssmax", None, tx)
   after = dict(nnx.to_flat_state(nnx.state(st.objects()[1])))
@@ -218,7 +225,7 @@ def test_switch_variant_adds_s_to_the_optimizer_state_and_keeps_moments():
   np.testing.assert_allclose(model.blocks[0].attn.logit_scale.s[...],
                              ops.default_s_init(32), rtol=1e-6)
   with jax.set_mesh(mesh):
-    st.state, metrics = st.step_fn(st.state, batch)
+    metrics = st.step(batch)
   assert metrics["s"].shape == (2, 2) and np.isfinite(metrics["loss"])
 
 

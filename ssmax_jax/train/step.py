@@ -51,17 +51,25 @@ def _microbatches(batch, accum):
   return jax.tree.map(split, batch)
 
 
-def make_train_step(graphdef, state_shardings, batch_sharding, metrics_sharding, *,
-                    grad_accum_steps=1, loss_kwargs=None):
-  """Returns step(state, batch) -> (state, metrics), jitted with donated state.
+def make_train_step(graphdef, state_treedef, leaf_shardings, batch_sharding, metrics_sharding,
+                    *, grad_accum_steps=1, loss_kwargs=None):
+  """Returns step(leaves, batch) -> (leaves, metrics), jitted with donated state.
 
-  state: nnx.state((model, optimizer)) for `graphdef`; batch: dict of [B,T] arrays (global).
+  leaves: jax.tree.leaves(nnx.state((model, optimizer))) for `graphdef`, the state's structure
+  being state_treedef and leaf_shardings its leaves' shardings; batch: dict of [B,T] arrays
+  (global). The step takes the leaves, not the nnx.State: flattening and rebuilding that nested
+  pytree in Python cost 4.7-7.9 ms of host time per call for the paper model's 372 leaves on a
+  2-core CPU host, against 2.0-2.5 ms with the leaves (docs/performance.md, sixth measurement).
   loss_kwargs: loss_sum's options (`loss_options(config)`; None: its defaults).
   metrics: loss (mean over loss tokens), grad_norm, tokens, and s (b) per layer and head.
   """
+  leaf_shardings = list(leaf_shardings)
+  if len(leaf_shardings) != state_treedef.num_leaves:
+    raise ValueError(f"{len(leaf_shardings)} leaf_shardings for a state of "
+                     f"{state_treedef.num_leaves} leaves: pass one sharding per leaf.")
 
-  def step(state, batch):
-    model, optimizer = nnx.merge(graphdef, state)
+  def step(leaves, batch):
+    model, optimizer = nnx.merge(graphdef, jax.tree.unflatten(state_treedef, leaves))
     model_def, params, rest = nnx.split(model, nnx.Param, ...)
     num_tokens = jnp.sum(batch["loss_mask"])
     denom = jnp.maximum(num_tokens, 1.0)
@@ -84,12 +92,12 @@ def make_train_step(graphdef, state_shardings, batch_sharding, metrics_sharding,
     optimizer.update(model, grads)
     metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), tokens=num_tokens,
                    **head_scalars(model))
-    return nnx.state((model, optimizer)), metrics
+    return jax.tree.leaves(nnx.state((model, optimizer))), metrics
 
   batch_shardings = {k: batch_sharding for k in
                      ("inputs", "targets", "segment_ids", "positions", "loss_mask")}
-  return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
-                 out_shardings=(state_shardings, metrics_sharding), donate_argnums=0)
+  return jax.jit(step, in_shardings=(leaf_shardings, batch_shardings),
+                 out_shardings=(leaf_shardings, metrics_sharding), donate_argnums=0)
 
 
 def flops_per_token(cfg, num_params: int, seq_len: int) -> float:

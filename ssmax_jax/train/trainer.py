@@ -126,13 +126,23 @@ class _State:
 
   def set(self, graphdef, state):
     self.graphdef = graphdef
-    self.shardings = mesh_lib.state_shardings(state, self.mesh)
-    self.state = jax.device_put(state, self.shardings)
+    shardings = mesh_lib.state_shardings(state, self.mesh)
+    self.leaves, self.treedef = jax.tree.flatten(jax.device_put(state, shardings))
     t = self.config.train
     self.step_fn = make_train_step(
-        graphdef, self.shardings, mesh_lib.batch_sharding(self.mesh),
+        graphdef, self.treedef, jax.tree.leaves(shardings), mesh_lib.batch_sharding(self.mesh),
         mesh_lib.replicated(self.mesh), grad_accum_steps=t.grad_accum_steps,
         loss_kwargs=loss_options(self.config))
+
+  @property
+  def state(self):
+    """nnx.state((model, optimizer)), rebuilt from the leaves the step keeps."""
+    return jax.tree.unflatten(self.treedef, self.leaves)
+
+  def step(self, batch) -> dict:
+    """One train step on a global batch; returns its metrics (device arrays)."""
+    self.leaves, metrics = self.step_fn(self.leaves, batch)
+    return metrics
 
   def objects(self):
     return nnx.merge(self.graphdef, self.state)
@@ -255,7 +265,7 @@ def train(config, workdir: str) -> dict:
         if step == t.profile_at_step and jax.process_index() == 0:
           profiling.start_trace(profile_dir)
           tracing = True
-        st.state, metrics = st.step_fn(st.state, batch)
+        metrics = st.step(batch)
         step += 1
         if tracing and step == t.profile_at_step + t.profile_steps:
           tracing = False
