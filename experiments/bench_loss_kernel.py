@@ -23,8 +23,8 @@ _ROWS = flags.DEFINE_integer("rows", 8192, "Rows (tokens of one loss chunk).")
 _VOCAB = flags.DEFINE_integer("vocab", 50304, "Columns (GPT-2's 50,257 padded to 64).")
 _REAL_VOCAB = flags.DEFINE_integer("real_vocab", 50257, "Columns that are not padding.")
 _DTYPES = flags.DEFINE_list("dtypes", ["bfloat16", "float32"], "Logits dtypes.")
-_TILES = flags.DEFINE_list("tiles", ["8:1024:8", "4:1024:4", "8:2048:8", "16:1024:8",
-                                     "8:512:4", "16:2048:16"],
+_TILES = flags.DEFINE_list("tiles", ["1:2048:4", "1:1024:2", "1:1024:4", "4:1024:4", "1:4096:8",
+                                     "1:2048:2"],
                            "Kernel settings block_rows:block_vocab:num_warps.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed calls after one warm-up.")
 

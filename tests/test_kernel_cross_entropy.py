@@ -31,12 +31,13 @@ def _inputs(M, V, dtype, seed=0):
   return logits, targets, weights
 
 
-def _check(M, V, dtype, block_vocab, interpret):
+def _check(M, V, dtype, block_vocab, interpret, block_rows=cross_entropy_gpu.BLOCK_ROWS,
+           num_warps=cross_entropy_gpu.NUM_WARPS):
   vocab_size = V - 5  # padding columns at the end, as with model.vocab_pad_multiple
   logits, targets, weights = _inputs(M, V, dtype)
   loss, grad = cross_entropy_gpu.cross_entropy_with_grad(
       logits, targets, weights, vocab_size=vocab_size, grad_dtype=jnp.float32,
-      block_vocab=block_vocab, interpret=interpret)
+      block_vocab=block_vocab, block_rows=block_rows, num_warps=num_warps, interpret=interpret)
   want_loss, want_grad = _reference(logits, targets, weights, vocab_size)
   np.testing.assert_allclose(loss, want_loss, rtol=2e-6, atol=2e-5)
   np.testing.assert_allclose(np.asarray(grad)[:, :vocab_size], want_grad, atol=2e-6)
@@ -48,6 +49,11 @@ def test_kernel_matches_float64_with_a_partial_last_tile(dtype):
   _check(16, 300, dtype, block_vocab=128, interpret=True)  # tiles of 128: 44 columns in the last
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_kernel_matches_float64_in_one_pass_when_a_tile_covers_the_row(dtype):
+  _check(16, 300, dtype, block_vocab=512, block_rows=2, interpret=True)
+
+
 def _loss_inputs(seed, B=2, T=16, D=16, V=40, real_V=37):
   """Hidden states, output matrix (V - real_V padding columns), targets, loss mask, real_V."""
   k = jax.random.split(jax.random.key(seed), 4)
@@ -57,7 +63,7 @@ def _loss_inputs(seed, B=2, T=16, D=16, V=40, real_V=37):
   return h, w, targets, mask, real_V
 
 
-def test_loss_with_the_kernel_matches_the_xla_loss():
+def test_loss_with_the_kernel_matches_the_xla_loss(monkeypatch):
   h, w, targets, mask, real_V = _loss_inputs(3)
   for logits_dtype in ("float32", "bfloat16"):
     xla = lambda h, w: cross_entropy_sum(h, w, targets, mask, real_V, 8, logits_dtype, "xla")
@@ -66,7 +72,8 @@ def test_loss_with_the_kernel_matches_the_xla_loss():
     np.testing.assert_allclose(got, want, rtol=1e-6)
     for g, r in zip(got_g, want_g):
       np.testing.assert_allclose(g, r, atol=1e-5)
-  assert cross_entropy_gpu.BLOCK_ROWS > 2  # chunk_tokens=2: 1 position x batch 2 = 2 rows
+  monkeypatch.setattr(cross_entropy_gpu, "BLOCK_ROWS", 4)  # blocks of 4 rows, as tuned before
+  # chunk_tokens=2: 1 position x batch 2 = 2 rows, half a block
   with pytest.raises(ValueError, match=f"chunks of a multiple of {cross_entropy_gpu.BLOCK_ROWS} "
                                        "tokens per device; batch 2 x 1 positions"):
     jax.grad(lambda h: cross_entropy_sum(h, w, targets, mask, real_V, 2, "float32", "pallas"))(h)
@@ -93,12 +100,13 @@ def _mesh(data, fsdp, tensor):
   return jax.sharding.AbstractMesh((data, fsdp, tensor), ("data", "fsdp", "tensor"))
 
 
-def test_auto_takes_the_kernel_only_on_a_gpu_where_it_fits():
+def test_auto_takes_the_kernel_only_on_a_gpu_where_it_fits(monkeypatch):
+  monkeypatch.setattr(cross_entropy_gpu, "BLOCK_ROWS", 2)  # rows that do not fill a block
   rows, V = 4 * cross_entropy_gpu.BLOCK_ROWS, 264
   assert resolve_implementation("auto", rows, V, backend="gpu") == "pallas"
   assert resolve_implementation("auto", rows, V, backend="cpu") == "xla"
   assert resolve_implementation("auto", rows, V, backend="tpu") == "xla"
-  assert resolve_implementation("auto", rows + 2, V, backend="gpu") == "xla"  # not whole blocks
+  assert resolve_implementation("auto", rows + 1, V, backend="gpu") == "xla"  # not whole blocks
   # Explicit names pass through (an unfitting 'pallas' raises in the loss, above).
   assert resolve_implementation("pallas", rows + 2, V, backend="cpu") == "pallas"
   assert resolve_implementation("xla", rows, V, backend="gpu") == "xla"
@@ -128,5 +136,9 @@ def test_auto_loss_on_cpu_is_the_xla_loss():
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="needs a GPU")
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_kernel_on_gpu_at_the_paper_vocabulary(dtype):
-  _check(64, 50304, dtype, block_vocab=cross_entropy_gpu.BLOCK_VOCAB, interpret=False)
+@pytest.mark.parametrize("tiles", [(cross_entropy_gpu.BLOCK_ROWS, cross_entropy_gpu.BLOCK_VOCAB,
+                                    cross_entropy_gpu.NUM_WARPS), (1, 1024, 4), (1, 65536, 32)])
+def test_kernel_on_gpu_at_the_paper_vocabulary(dtype, tiles):
+  block_rows, block_vocab, num_warps = tiles
+  _check(64, 50304, dtype, block_vocab=block_vocab, block_rows=block_rows, num_warps=num_warps,
+         interpret=False)

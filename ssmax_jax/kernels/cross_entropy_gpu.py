@@ -7,7 +7,10 @@ XLA spends three reductions and an elementwise pass on that, reading the logits 
 one program owns `block_rows` rows and streams their logits twice in `block_vocab` tiles: pass 1
 keeps an online max and sum of exponentials and picks the target logit; pass 2 writes
 (softmax - onehot) * weight. Counted: 2 reads of the logits and 1 write of the gradient, the
-floor for a loss whose gradient needs the final normaliser.
+floor for a loss whose gradient needs the final normaliser when a row does not stay on chip.
+When `block_vocab` covers the whole row the program keeps the row in registers and reads it
+once: right for small vocabularies, but 3x slower than two passes at GPT-2's 50,304 columns
+(1:65536:32, 64 values per thread; docs/performance.md, sixth measurement).
 
 Contract: logits [M, V] float32 or bfloat16; targets [M] int (in [0, vocab_size)); weights [M]
 float32; columns >= vocab_size are padding (probability 0). Returns (weighted losses [M] float32,
@@ -21,15 +24,18 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-# 4:1024:4: fastest of six tilings on the H200, 8,192 x 50,304 (docs/performance.md, 2026-11-29).
-BLOCK_ROWS = 4
-BLOCK_VOCAB = 1024
+# 1:2048:4: fastest of eleven tilings on the H200 at 8,192 x 50,304 bf16, 0.752 ms against 0.962
+# for 4:1024:4, the defaults before (docs/performance.md, sixth measurement). One row per
+# program also takes any number of rows.
+BLOCK_ROWS = 1
+BLOCK_VOCAB = 2048
 NUM_WARPS = 4
 
 
-def supported(num_rows: int, block_rows: int = BLOCK_ROWS) -> bool:
-  """Rows split into whole blocks (the vocabulary may have any size: its last tile is masked)."""
-  return num_rows % block_rows == 0
+def supported(num_rows: int, block_rows: int | None = None) -> bool:
+  """Rows split into whole blocks of block_rows (default BLOCK_ROWS; the vocabulary may have
+  any size: its last tile is masked)."""
+  return num_rows % (block_rows or BLOCK_ROWS) == 0
 
 
 def _kernel(logits_ref, targets_ref, weights_ref, loss_ref, dlogits_ref, *, vocab_size,
@@ -53,6 +59,18 @@ def _kernel(logits_ref, targets_ref, weights_ref, loss_ref, dlogits_ref, *, voca
     s = s * jnp.exp(m - m_new) + jnp.exp(x - m_new[:, None]).sum(axis=1)
     picked += jnp.where(cols == target[:, None], x, 0.0).sum(axis=1)
     return m_new, s, picked
+
+  if num_tiles == 1:  # the row fits one tile: read it once and keep its exponentials
+    cols, in_bounds, x = tile(0)
+    m = x.max(axis=1)
+    picked = jnp.where(cols == target[:, None], x, 0.0).sum(axis=1)
+    e = jnp.exp(x - m[:, None])  # padding columns are -inf: 0
+    s = e.sum(axis=1)
+    loss_ref[...] = weight * (m + jnp.log(s) - picked)
+    d = (e * (1.0 / s)[:, None] - (cols == target[:, None])) * weight[:, None]
+    plgpu.store(dlogits_ref.at[:, pl.ds(0, block_vocab)], d.astype(dlogits_ref.dtype),
+                mask=in_bounds)
+    return
 
   zeros = jnp.zeros((rows,), jnp.float32)
   m, s, picked = lax.fori_loop(0, num_tiles, stats, (zeros - jnp.inf, zeros, zeros))
