@@ -39,11 +39,16 @@ def test_rope_is_rotate_half_in_float64():
                          x2 * np.cos(angle) + x1 * np.sin(angle)], -1)
   got = rope(jnp.asarray(x), jnp.asarray(pos), theta)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
-  # bf16 in, bf16 out; a rotation keeps each vector's norm at any position
   assert rope(jnp.asarray(x, jnp.bfloat16), jnp.asarray(pos), theta).dtype == jnp.bfloat16
-  q, k = rope(jnp.asarray(x), jnp.asarray(pos), theta), rope(jnp.asarray(x), jnp.asarray(pos) + 5, theta)
-  np.testing.assert_allclose(np.einsum("btnh,btnh->btn", q, q), np.einsum("btnh,btnh->btn", k, k),
-                             rtol=1e-5)
+  # q . k after the rotation depends on the positions only through their difference
+  q_B11H, k_B11H = jnp.asarray(x[:, :1, :1]), jnp.asarray(x[:, 1:2, :1])
+
+  def dot(pos_q, pos_k):
+    at = lambda p: jnp.full((B, 1), p)
+    return jnp.sum(rope(q_B11H, at(pos_q), theta) * rope(k_B11H, at(pos_k), theta), -1)
+
+  np.testing.assert_allclose(dot(3, 1), dot(10, 8), rtol=1e-4, atol=1e-5)
+  assert not np.allclose(dot(3, 1), dot(3, 2), rtol=1e-3)
 
 
 def test_config_errors():

@@ -53,9 +53,9 @@ def rope(x_BTNH, positions_BT, theta):
   """Rotary embedding (rotate-half pairing) at the given positions; theta may be traced.
 
   Written as x * cos + swap_halves(x) * (-sin, sin), without a concatenate: every op is then
-  elementwise (reversing an axis of 2 is an index map), so XLA fuses the rotation and its
-  transpose into the kernels around it (the SSMax multiplier, the q/k gradients' concatenation)
-  instead of writing the rotated halves out (docs/performance.md, sixth measurement).
+  elementwise (reversing an axis of 2 is an index map), so XLA fuses the rotation into the
+  kernels around it (the SSMax multiplier forward, the s gradient's reduction backward) instead
+  of writing the rotated halves out (docs/performance.md, sixth measurement).
   """
   H = x_BTNH.shape[-1]
   inv_freq = 1.0 / (jnp.asarray(theta, jnp.float32) ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H))
@@ -63,6 +63,7 @@ def rope(x_BTNH, positions_BT, theta):
   cos_BT11F = jnp.cos(angle_BTF)[:, :, None, None, :]
   sin_BT11F = jnp.sin(angle_BTF)[:, :, None, None, :]
   x_BTN2F = x_BTNH.astype(jnp.float32).reshape(*x_BTNH.shape[:-1], 2, H // 2)
-  sign_21 = jnp.array([[-1.0], [1.0]], jnp.float32)  # first half x1 cos - x2 sin, second x2 cos + x1 sin
+  # first half x1 cos - x2 sin, second half x2 cos + x1 sin
+  sign_21 = jnp.array([[-1.0], [1.0]], jnp.float32)
   out = x_BTN2F * cos_BT11F + jnp.flip(x_BTN2F, axis=-2) * (sign_21 * sin_BT11F)
   return out.reshape(x_BTNH.shape).astype(x_BTNH.dtype)
