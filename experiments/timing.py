@@ -3,6 +3,7 @@ points."""
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -17,9 +18,10 @@ def mean_ms(fn, *args, steps: int) -> float:
   return (time.perf_counter() - t0) / steps * 1e3
 
 
-def parse_settings(items, fields, example):
+def parse_settings(items, fields, example, rows=None):
   """[(int, ...)] from --tiles entries 'a:b:...' naming `fields` in order; a ValueError names
-  the entry, the form and `example`."""
+  the entry, the form and `example`, or, given `rows`, settings whose first field (rows per
+  block) does not divide them."""
   out = []
   for item in items:
     try:
@@ -29,7 +31,16 @@ def parse_settings(items, fields, example):
     if len(values) != len(fields):
       raise ValueError(f"--tiles entry {item!r} is not {':'.join(fields)} (e.g. {example}).")
     out.append(values)
+  bad = [t for t in out if rows is not None and rows % t[0]]
+  if bad:
+    raise ValueError(f"--tiles {bad}: {fields[0]} must divide --rows={rows}.")
   return out
+
+
+def max_abs_diff(got, want) -> float:
+  """Largest |got - want| over paired arrays (compared in float32)."""
+  return max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
+             for a, b in zip(got, want))
 
 
 def median_s(fn, *args, iters: int, warmup: int = 1) -> float:

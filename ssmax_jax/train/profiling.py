@@ -66,6 +66,13 @@ def category(kernel_name: str) -> str:
   return "elementwise/other fusions"
 
 
+def _trace_ops(trace_path: str):
+  """The op events of a trace file (see _op_events)."""
+  with gzip.open(trace_path, "rt") as f:
+    doc = json.load(f)
+  return _op_events(doc["traceEvents"] if isinstance(doc, dict) else doc)
+
+
 def _op_events(events):
   """Complete events that ran on a device (GPU/TPU streams), else XLA's CPU executor threads."""
   meta = [e for e in events if e.get("ph") == "M"]
@@ -83,12 +90,9 @@ def _op_events(events):
 def device_time_by_kernel(trace_path: str, num_steps: int) -> dict:
   """{'per_step_ms', 'categories': [(name, ms per step, share)], 'kernels': [(name, category,
   ms per step, calls per step, share)]}, largest first. Overlapping streams are summed."""
-  with gzip.open(trace_path, "rt") as f:
-    doc = json.load(f)
-  events = doc["traceEvents"] if isinstance(doc, dict) else doc
   total = collections.Counter()
   calls = collections.Counter()
-  for e in _op_events(events):
+  for e in _trace_ops(trace_path):
     total[e["name"]] += e.get("dur", 0.0) / 1e3  # microseconds -> ms
     calls[e["name"]] += 1
   all_ms = sum(total.values()) or 1.0
@@ -109,10 +113,7 @@ def device_idle(trace_path: str, num_steps: int, top: int = 10) -> dict:
 
   Kernels of all device streams are merged into one busy timeline; a gap is time none runs.
   """
-  with gzip.open(trace_path, "rt") as f:
-    doc = json.load(f)
-  events = doc["traceEvents"] if isinstance(doc, dict) else doc
-  ops = sorted(_op_events(events), key=lambda e: e["ts"])
+  ops = sorted(_trace_ops(trace_path), key=lambda e: e["ts"])
   gaps, busy, end, last = [], 0.0, None, None
   for e in ops:
     start, stop = e["ts"], e["ts"] + e.get("dur", 0.0)

@@ -311,7 +311,7 @@ def train(config, workdir: str) -> dict:
         writer.write(record)
         if save:
           meta = {"step": step, "attention": st.attention, "seed": config.seed}
-          ckpt.save(step, st.state[0], st.state[1], meta, batches)
+          ckpt.save(step, *st.state, meta, batches)  # (model, optimizer): rebuilt once
           last_saved = step
         if stop["reason"] is not None:
           writer.message(f"{stop['reason']}: saved step {step} and stopped.")
