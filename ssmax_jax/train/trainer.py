@@ -311,7 +311,8 @@ def train(config, workdir: str) -> dict:
         writer.write(record)
         if save:
           meta = {"step": step, "attention": st.attention, "seed": config.seed}
-          ckpt.save(step, *st.state, meta, batches)  # (model, optimizer): rebuilt once
+          state = st.state  # rebuilt from the leaves once: the model's part, the optimizer's
+          ckpt.save(step, state[0], state[1], meta, batches)
           last_saved = step
         if stop["reason"] is not None:
           writer.message(f"{stop['reason']}: saved step {step} and stopped.")
