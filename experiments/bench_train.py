@@ -43,6 +43,8 @@ from ssmax_jax.train.step import flops_per_token, loss_options, loss_sum
 
 _BATCH = flags.DEFINE_integer("batch", 32, "Sequences per step.")
 _SEQ = flags.DEFINE_integer("seq", 1024, "Sequence length.")
+_ACCUM = flags.DEFINE_integer("grad_accum", 1, "Micro-batches of --batch sequences per optimizer "
+                              "step (paper_162m trains with 64); tokens/s counts them all.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per configuration (after 3 warm-up).")
 _ATTENTION = flags.DEFINE_list("attention", ["softmax", "ssmax"], "Attention variants.")
 _VOCAB_PAD = flags.DEFINE_list("vocab_pad", ["64", "1"], "model.vocab_pad_multiple values.")
@@ -92,7 +94,8 @@ def _config(attention, vocab_pad, chunk, remat, logits_dtype, loss_implementatio
                  implementation=None if attn_impl == "auto" else attn_impl)
   if norm_impl != "paper":
     c.model.norm_implementation = norm_impl
-  c.train.update(batch_size=_BATCH.value, seq_len=_SEQ.value, grad_accum_steps=1,
+  c.train.update(batch_size=_BATCH.value * _ACCUM.value, seq_len=_SEQ.value,
+                 grad_accum_steps=_ACCUM.value,
                  loss_chunk_tokens=chunk, loss_logits_dtype=logits_dtype,
                  loss_implementation=loss_implementation)
   c.mesh.shape = (1, 1, 1)
@@ -229,7 +232,8 @@ def main(argv):
     print(f"input pipeline, {workers} workers: {rate:,.0f} tokens/s", flush=True)
   device = jax.devices()[0]
   print(f"jax {jax.__version__}, {device.platform} {device.device_kind}, "
-        f"batch {_BATCH.value} x {_SEQ.value}, XLA_FLAGS={xla_flags!r}", flush=True)
+        f"batch {_BATCH.value} x {_SEQ.value}, {_ACCUM.value} micro-batch(es) per step, "
+        f"XLA_FLAGS={xla_flags!r}", flush=True)
   rows = []
   for attention, pad, chunk, remat, logits, loss_impl, attn_impl, norm_impl in itertools.product(
       _ATTENTION.value, _VOCAB_PAD.value, _CHUNK.value, _REMAT.value, _LOGITS.value,
@@ -237,7 +241,8 @@ def main(argv):
     name = (f"attention={attention} vocab_pad={pad} chunk={chunk} remat={remat} "
             f"logits={logits} loss={loss_impl}"
             + ("" if attn_impl == "auto" else f" attention_impl={attn_impl}")
-            + ("" if norm_impl == "paper" else f" norm={norm_impl}"))
+            + ("" if norm_impl == "paper" else f" norm={norm_impl}")
+            + ("" if _ACCUM.value == 1 else f" grad_accum={_ACCUM.value}"))
     r = measure(_config(attention, int(pad), int(chunk), remat.lower() == "true", logits,
                         loss_impl, attn_impl, norm_impl), name)
     mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.3f}"
