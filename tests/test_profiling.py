@@ -94,3 +94,32 @@ def test_fusion_sources_prefer_the_library_frame():
   x = jnp.ones((2, 16, 4, 8))
   sources = profiling.fusion_sources(g.lower(x).compile().as_text())
   assert any("ssmax_jax/nn/layers.py:" in v and " rope" in v for v in sources.values())
+
+
+_HLO = """\
+%fused_add (p0: bf16[4,8], p1: bf16[4,8]) -> bf16[4,8] {
+  %p0 = bf16[4,8]{1,0} parameter(0)
+  %p1 = bf16[4,8]{1,0} parameter(1)
+  ROOT %add.3 = bf16[4,8]{1,0} add(%p0, %p1)
+}
+
+ENTRY %main.1 (x: bf16[4,8], w: bf16[8,8]) -> (bf16[4,8], f32[4]) {
+  %x = bf16[4,8]{1,0} parameter(0)
+  %w = bf16[8,8]{1,0} parameter(1)
+  %custom-call.2 = (bf16[4,8]{1,0}, s8[1024]{0}) custom-call(%x, %w), custom_call_target="__cublas$lt$matmul"
+  %gte.1 = bf16[4,8]{1,0} get-tuple-element(%custom-call.2), index=0
+  %loop_add_fusion.7 = bf16[4,8]{1,0} fusion(%gte.1, %x), kind=kLoop, calls=%fused_add
+  %loop_add_fusion.8 = bf16[4,8]{1,0} fusion(%loop_add_fusion.7, %x), kind=kLoop, calls=%fused_add
+  %pallas_call.1 = (bf16[4,8]{1,0}, f32[4]{0}) custom-call(%loop_add_fusion.8), custom_call_target="__gpu$xla.gpu.triton"
+  ROOT %t = (bf16[4,8]{1,0}, f32[4]{0}) tuple(%gte.1, %gte.1)
+}
+"""
+
+
+def test_kernel_traffic_counts_operands_and_outputs_of_unfused_kernels():
+  traffic = profiling.kernel_traffic(_HLO)
+  # two add fusions: 2 operands + 1 output of 64 bytes each; the GEMM is left out; the Triton
+  # call reads 64 bytes and writes a 64-byte and a 16-byte output
+  assert traffic == {"loop_add_fusion": (2 * 3 * 64, 2), "__gpu$xla.gpu.triton": (144, 1)}
+  assert "0.00 GB" in profiling.format_traffic(traffic)
+  assert "__cublas$lt$matmul" in profiling.kernel_traffic(_HLO, skip=())

@@ -229,3 +229,61 @@ def format_summary(summary: dict, top: int = 15, sources: dict | None = None) ->
             + ("" if sources is None else f" {sources.get(_kernel_key(n), '')} |")
             for n, c, ms, k, share in summary["kernels"][:top]]
   return "\n".join(lines)
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
+                "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([\w\-]+)\((.*)$")
+_OPERAND = re.compile(r"%([\w.\-]+)")
+
+
+def _shape_bytes(shape: str) -> int:
+  total = 0
+  for dtype, dims in _ARRAY.findall(shape):
+    n = 1
+    for d in filter(None, dims.split(",")):
+      n *= int(d)
+    total += n * _DTYPE_BYTES.get(dtype, 4)
+  return total
+
+
+def kernel_traffic(hlo_text: str, skip=("__cublas", "__cudnn")) -> dict:
+  """{kernel name without its number: (bytes, count)} over the fusions and custom calls of a
+  compiled module's text that run outside fused computations: each counts the bytes of its
+  operands and outputs, the traffic of a kernel that reads and writes each once. Custom calls
+  whose target starts with one of `skip` (GEMMs, attention: compute-bound) are left out. A
+  loop body counts once. A model of the memory-bound part of a step that needs no device, e.g.
+  on a step compiled for a GPU without one (experiments/compile_offline.py)."""
+  shapes, kernels = {}, []
+  fused = re.compile(r"^%?(fused|wrapped|region|[\w.\-]*_computation)")
+  inside_fused = False
+  for line in hlo_text.splitlines():
+    if line and not line.startswith(" "):
+      inside_fused = bool(fused.match(line))
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    shapes[m.group(1)] = m.group(2)
+    if inside_fused or m.group(3) not in ("fusion", "custom-call"):
+      continue
+    target = re.search(r'custom_call_target="([^"]+)"', m.group(4))
+    if target and target.group(1).startswith(tuple(skip)):
+      continue
+    operands = _OPERAND.findall(m.group(4).split(")", 1)[0])
+    name = target.group(1) if target else re.sub(r"(\.\d+)+$", "", m.group(1))
+    kernels.append((name, m.group(2), operands))
+  out = collections.defaultdict(lambda: [0, 0])
+  for name, shape, operands in kernels:
+    out[name][0] += _shape_bytes(shape) + sum(_shape_bytes(shapes.get(o, "")) for o in operands)
+    out[name][1] += 1
+  return {k: tuple(v) for k, v in sorted(out.items(), key=lambda kv: -kv[1][0])}
+
+
+def format_traffic(traffic: dict, top: int = 15, bandwidth: float = 4.0e12) -> str:
+  """kernel_traffic as a markdown table, with the total and its time at `bandwidth` B/s."""
+  total = sum(b for b, _ in traffic.values())
+  lines = [f"memory-bound kernels: {total / 1e9:.2f} GB = {total / bandwidth * 1e3:.2f} ms at "
+           f"{bandwidth / 1e12:g} TB/s", "", "| kernel | GB | kernels |", "|---|---|---|"]
+  lines += [f"| `{n[:70]}` | {b / 1e9:.3f} | {k} |" for n, (b, k) in list(traffic.items())[:top]]
+  return "\n".join(lines)

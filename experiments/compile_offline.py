@@ -1,0 +1,113 @@
+"""Compiles the paper model's train step for an H200 on a machine without a GPU, and counts the
+traffic of its memory-bound kernels (ssmax_jax.train.profiling.kernel_traffic).
+
+XLA makes the same fusion decisions here as on the device (2026-11-29: the paper step's kernels
+matched a compile on the H200 one for one, cuBLAS workspace sizes aside; docs/performance.md,
+seventh measurement), so a rewrite of the step can be counted before it costs device time.
+Needs JAX's CUDA plugin in the environment, no GPU (docs/WORKSPACE.md):
+
+  python -m experiments.compile_offline --out=/tmp/after.hlo --compare=/tmp/before.hlo
+"""
+import os
+
+from absl import app
+from absl import flags
+
+_OUT = flags.DEFINE_string("out", "/tmp/ssmax_step.hlo", "Where to write the compiled HLO.")
+_COMPARE = flags.DEFINE_string("compare", "", "An earlier --out: also print its traffic and the "
+                               "kernels whose counts differ.")
+_ATTENTION = flags.DEFINE_string("attention", "ssmax", "model.attention.")
+_BATCH = flags.DEFINE_integer("batch", 32, "Sequences per step (of 1,024 tokens).")
+_TOP = flags.DEFINE_integer("top", 15, "Kernels listed.")
+
+# XLA's H100 SXM spec (xla/tools/hlo_opt/gpu_specs) with the H200's memory and bandwidth.
+H200 = """
+gpu_device_info {
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132
+  fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535
+  block_dim_limit_z: 65535 memory_bandwidth: 4800000000000 l2_cache_size: 52428800
+  clock_rate_ghz: 1.98 device_memory_size: 150000000000 shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 } registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 28 patch: 1 }
+runtime_version { major: 13 minor: 0 }
+device_description_str: "NVIDIA H200"
+"""
+
+
+def compile_step(config):
+  """The optimized HLO text of `config`'s train step on one compile-only H200."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from jax.experimental import topologies
+
+  from ssmax_jax.models import Transformer
+  from ssmax_jax.train import mesh as mesh_lib
+  from ssmax_jax.train.config import validate
+  from ssmax_jax.train.optim import make_optimizer
+  from ssmax_jax.train.step import loss_options, make_train_step
+
+  jax.config.update("jax_platforms", "cpu")
+  topology = topologies.get_topology_desc(platform="cuda", target_config=H200, topology="1x1x1")
+  # The library picks its GPU kernels (cuDNN attention, the Pallas loss and norm) by asking
+  # jax.default_backend(), which is the CPU here.
+  jax.default_backend = lambda: "gpu"
+  mesh = jax.sharding.Mesh(np.array(topology.devices).reshape(1, 1, 1), mesh_lib.MESH_AXES,
+                           axis_types=(jax.sharding.AxisType.Auto,) * 3)  # as mesh_lib's
+  cfg, tx = validate(config), make_optimizer(config.optimizer, config.train.num_steps)
+
+  def make():
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  graphdef, abstract = nnx.split(nnx.eval_shape(make))
+  shardings = jax.tree.leaves(mesh_lib.state_shardings(abstract, mesh))
+  leaves, treedef = jax.tree.flatten(abstract)
+  leaves = [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s) for x, s in zip(leaves, shardings)]
+  rows = mesh_lib.batch_sharding(mesh)
+  step = make_train_step(graphdef, treedef, shardings, rows, mesh_lib.replicated(mesh),
+                         loss_kwargs=loss_options(config))
+  B, T = config.train.batch_size, config.train.seq_len
+  batch = {k: jax.ShapeDtypeStruct((B, T), jnp.float32 if k == "loss_mask" else jnp.int32,
+                                   sharding=rows)
+           for k in ("inputs", "targets", "segment_ids", "positions", "loss_mask")}
+  with jax.set_mesh(mesh):
+    return step.lower(leaves, batch).compile().as_text()
+
+
+def main(argv):
+  del argv
+  from configs import paper_162m
+  from ssmax_jax.train import config as config_lib
+  from ssmax_jax.train import profiling
+
+  config = paper_162m.get_config()
+  config.model.attention = _ATTENTION.value
+  config.train.update(batch_size=_BATCH.value, grad_accum_steps=1)
+  config.mesh.shape = (1, 1, 1)
+  config_lib.apply_xla_flags(config)  # before JAX starts a backend
+  text = compile_step(config)
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  with open(_OUT.value, "w") as f:
+    f.write(text)
+  print(f"{_OUT.value}\n" + profiling.format_traffic(profiling.kernel_traffic(text), _TOP.value))
+  if _COMPARE.value:
+    with open(_COMPARE.value) as f:
+      before = f.read()
+    print(f"\n{_COMPARE.value}\n"
+          + profiling.format_traffic(profiling.kernel_traffic(before), _TOP.value))
+    old, new = (profiling.kernel_traffic(t, skip=()) for t in (before, text))
+    print("\n| kernel | before: kernels, GB | now: kernels, GB |\n|---|---|---|")
+    for name in sorted(set(old) | set(new)):
+      (ob, ok), (nb, nk) = old.get(name, (0, 0)), new.get(name, (0, 0))
+      if ok != nk or ob != nb:
+        print(f"| `{name[:60]}` | {ok}, {ob / 1e9:.3f} | {nk}, {nb / 1e9:.3f} |")
+
+
+if __name__ == "__main__":
+  app.run(main)
