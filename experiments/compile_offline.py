@@ -43,14 +43,12 @@ def compile_step(config):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from flax import nnx
   from jax.experimental import topologies
 
-  from ssmax_jax.models import Transformer
   from ssmax_jax.train import mesh as mesh_lib
+  from ssmax_jax.train import trainer
   from ssmax_jax.train.config import validate
   from ssmax_jax.train.optim import make_optimizer
-  from ssmax_jax.train.step import loss_options, make_train_step
 
   jax.config.update("jax_platforms", "cpu")
   topology = topologies.get_topology_desc(platform="cuda", target_config=H200, topology="1x1x1")
@@ -59,20 +57,14 @@ def compile_step(config):
   jax.default_backend = lambda: "gpu"
   mesh = jax.sharding.Mesh(np.array(topology.devices).reshape(1, 1, 1), mesh_lib.MESH_AXES,
                            axis_types=(jax.sharding.AxisType.Auto,) * 3)  # as mesh_lib's
-  cfg, tx = validate(config), make_optimizer(config.optimizer, config.train.num_steps)
-
-  def make():
-    model = Transformer(cfg, rngs=nnx.Rngs(0))
-    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-  graphdef, abstract = nnx.split(nnx.eval_shape(make))
-  shardings = jax.tree.leaves(mesh_lib.state_shardings(abstract, mesh))
+  tx = make_optimizer(config.optimizer, config.train.num_steps)
+  _, graphdef, abstract, shardings = trainer.abstract_state(validate(config), tx, mesh,
+                                                            config.seed)
+  shardings = jax.tree.leaves(shardings)
   leaves, treedef = jax.tree.flatten(abstract)
   leaves = [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s) for x, s in zip(leaves, shardings)]
-  rows = mesh_lib.batch_sharding(mesh)
-  step = make_train_step(graphdef, treedef, shardings, rows, mesh_lib.replicated(mesh),
-                         loss_kwargs=loss_options(config))
-  B, T = config.train.batch_size, config.train.seq_len
+  step = trainer.train_step_fn(graphdef, treedef, shardings, mesh, config)
+  B, T, rows = config.train.batch_size, config.train.seq_len, mesh_lib.batch_sharding(mesh)
   batch = {k: jax.ShapeDtypeStruct((B, T), jnp.float32 if k == "loss_mask" else jnp.int32,
                                    sharding=rows)
            for k in ("inputs", "targets", "segment_ids", "positions", "loss_mask")}

@@ -1,6 +1,7 @@
 # Sourced by the device scripts: installs the carried wheels (.devcarry/whl, docs/WORKSPACE.md)
 # when present, puts the checkout on PYTHONPATH, and sets `out` to $OUT (the device tool's
-# folder) or ./$1. Defines `quiet`, a filter for absl/XLA info and warning lines.
+# folder) or ./$1. Defines `quiet`, a filter for absl/XLA info and warning lines, and
+# `paper_step`, the paper model's SSMax step timed by bench_train.
 set -uo pipefail
 out="${OUT:-$1}"
 mkdir -p "$out"
@@ -13,3 +14,8 @@ else
 fi
 export PYTHONUNBUFFERED=1
 quiet() { grep -v -i -e warning -e "^I[0-9]" ; }
+# The paper model's SSMax train step (bench_train), quiet; extra bench_train flags after.
+paper_step() {
+  timeout "${STEP_TIMEOUT:-150}" python3 -m experiments.bench_train --attention=ssmax \
+    --vocab_pad=64 "$@" 2>&1 | quiet
+}

@@ -10,8 +10,7 @@ site="${PYTHONPATH%%:*}"  # the carried wheels, if device_env.sh installed them
 step() {  # tree, then bench_train flags
   local tree=$1; shift
   echo -n "$tree " | tee -a "$out/ab.log"
-  (cd "$tree" && PYTHONPATH="$site:." timeout 120 python3 -m experiments.bench_train \
-    --attention=ssmax --vocab_pad=64 "$@" 2>&1 | quiet | grep "^| attention" | tail -1) \
+  (cd "$tree" && PYTHONPATH="$site:." paper_step "$@" | grep "^| attention" | tail -1) \
     | tee -a "$out/ab.log"
 }
 for t in "${trees[@]}"; do step "$t" "$@"; done

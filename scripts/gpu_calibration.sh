@@ -23,9 +23,8 @@ nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,clocks_throttle_reasons.ac
 trap 'kill %1 2>/dev/null' EXIT
 
 # In order of importance, so that a call cut at its 10 minutes loses the least.
-step() {  # bench_train of the paper model's SSMax step; extra flags after
-  timeout 150 python3 -m experiments.bench_train --attention=ssmax --vocab_pad=64 "$@" 2>&1 \
-    | quiet | grep -e "|" -e "^jax" | grep -v -e "^| configuration" -e "^|---"
+step() {  # the table rows and the version line of paper_step; extra flags after
+  paper_step "$@" | grep -e "|" -e "^jax" | grep -v -e "^| configuration" -e "^|---"
 }
 echo "== paper_162m step: as configured, and with the XLA norm"
 step --norm_implementation=paper,xla | tee "$out/bench_train.log"

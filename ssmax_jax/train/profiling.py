@@ -255,12 +255,11 @@ def kernel_traffic(hlo_text: str, skip=("__cublas", "__cudnn")) -> dict:
   whose target starts with one of `skip` (GEMMs, attention: compute-bound) are left out. A
   loop body counts once. A model of the memory-bound part of a step that needs no device, e.g.
   on a step compiled for a GPU without one (experiments/compile_offline.py)."""
-  shapes, kernels = {}, []
-  fused = re.compile(r"^%?(fused|wrapped|region|[\w.\-]*_computation)")
-  inside_fused = False
+  fused = set(re.findall(r"\bcalls=%?([\w.\-]+)", hlo_text))  # the bodies of fusions
+  shapes, kernels, inside_fused = {}, [], False
   for line in hlo_text.splitlines():
-    if line and not line.startswith(" "):
-      inside_fused = bool(fused.match(line))
+    if line and not line[0].isspace():  # a computation's header (or its end, or ENTRY)
+      inside_fused = bool((c := _COMPUTATION.match(line)) and c.group(1) in fused)
     m = _INSTRUCTION.match(line)
     if not m:
       continue

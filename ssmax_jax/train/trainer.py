@@ -99,6 +99,24 @@ def _threefry_kernel_on_gpu():
     jax.config.update("jax_threefry_gpu_kernel_lowering", previous)
 
 
+def abstract_state(cfg, tx, mesh, seed):
+  """(make, graphdef, abstract state, its shardings under `mesh`) of the model and its
+  optimizer: make() builds them; the rest are shapes only, nothing is allocated."""
+  def make():
+    model = Transformer(cfg, rngs=nnx.Rngs(seed))
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+  graphdef, abstract = nnx.split(nnx.eval_shape(make))
+  return make, graphdef, abstract, mesh_lib.state_shardings(abstract, mesh)
+
+
+def train_step_fn(graphdef, treedef, leaf_shardings, mesh, config):
+  """The jitted step (step.make_train_step) for a state of that structure on `mesh`."""
+  return make_train_step(
+      graphdef, treedef, leaf_shardings, mesh_lib.batch_sharding(mesh),
+      mesh_lib.replicated(mesh), grad_accum_steps=config.train.grad_accum_steps,
+      loss_kwargs=loss_options(config))
+
+
 class _State:
   """The model and optimizer as (graphdef, sharded state), with the jitted step for them."""
 
@@ -109,13 +127,9 @@ class _State:
   @classmethod
   def init(cls, cfg, tx, mesh, config, restore=None):
     """Fresh parameters, or restore(abstract_state, shardings) -> state (from a checkpoint)."""
-    def make():
-      model = Transformer(cfg, rngs=nnx.Rngs(config.seed))
-      return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
     self = cls.__new__(cls)
     self.mesh, self.config = mesh, config
-    graphdef, abstract = nnx.split(nnx.eval_shape(make))
-    shardings = mesh_lib.state_shardings(abstract, mesh)
+    make, graphdef, abstract, shardings = abstract_state(cfg, tx, mesh, config.seed)
     if restore is None:
       with _threefry_kernel_on_gpu():
         state = jax.jit(lambda: nnx.state(make()), out_shardings=shardings)()
@@ -128,11 +142,8 @@ class _State:
     self.graphdef = graphdef
     shardings = mesh_lib.state_shardings(state, self.mesh)
     self.leaves, self.treedef = jax.tree.flatten(jax.device_put(state, shardings))
-    t = self.config.train
-    self.step_fn = make_train_step(
-        graphdef, self.treedef, jax.tree.leaves(shardings), mesh_lib.batch_sharding(self.mesh),
-        mesh_lib.replicated(self.mesh), grad_accum_steps=t.grad_accum_steps,
-        loss_kwargs=loss_options(self.config))
+    self.step_fn = train_step_fn(graphdef, self.treedef, jax.tree.leaves(shardings), self.mesh,
+                                 self.config)
 
   @property
   def state(self):
