@@ -51,6 +51,36 @@ def test_rope_is_rotate_half_in_float64():
   assert not np.allclose(dot(3, 1), dot(3, 2), rtol=1e-3)
 
 
+def test_project_rotate_qk_matches_autodiff():
+  from ssmax_jax.nn.attention import project_rotate_qk
+  from ssmax_jax.nn.layers import rope
+  B, T, D, N, H = 2, 5, 6, 3, 4
+  with jax.enable_x64():
+    rng = np.random.default_rng(7)
+    x, wq, wk = (jnp.asarray(rng.normal(size=s)) for s in ((B, T, D), (D, N * H), (D, N * H)))
+    pos = jnp.asarray(rng.integers(0, 50, size=(B, T)))
+    cot = [jnp.asarray(rng.normal(size=(B, T, N, H))) for _ in range(2)]
+
+    def plain(x, wq, wk, theta):
+      return tuple(rope((x @ w).reshape(B, T, N, H), pos, theta) for w in (wq, wk))
+
+    def loss(f):
+      return lambda x, wq, wk, theta: sum(jnp.vdot(c, y) for c, y in zip(cot, f(x, wq, wk, theta)))
+
+    fused = lambda x, wq, wk, theta: project_rotate_qk(x, wq, wk, pos, theta, H)
+    for got, want in zip(fused(x, wq, wk, 50.0), plain(x, wq, wk, 50.0)):
+      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-9)
+    got = jax.grad(loss(fused), argnums=(0, 1, 2))(x, wq, wk, 50.0)
+    want = jax.grad(loss(plain), argnums=(0, 1, 2))(x, wq, wk, 50.0)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-9)
+    # inverse=True is the transpose: <rope(a), b> == <a, rope(b, inverse=True)> (rope's math is
+    # float32)
+    a, b = cot
+    np.testing.assert_allclose(jnp.vdot(rope(a, pos, 50.0), b),
+                               jnp.vdot(a, rope(b, pos, 50.0, inverse=True)), rtol=1e-5)
+
+
 def test_config_errors():
   with pytest.raises(ValueError, match="num_heads"):
     TransformerConfig(d_model=100, num_heads=12)

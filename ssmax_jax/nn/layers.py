@@ -49,8 +49,9 @@ class RMSNorm(nnx.Module):
                             spec=activation_spec(x_BTD.shape, names))
 
 
-def rope(x_BTNH, positions_BT, theta):
-  """Rotary embedding (rotate-half pairing) at the given positions; theta may be traced.
+def rope(x_BTNH, positions_BT, theta, inverse=False):
+  """Rotary embedding (rotate-half pairing) at the given positions; theta may be traced;
+  inverse=True rotates by the opposite angles (the transpose, for a backward pass).
 
   Written as x * cos + swap_halves(x) * (-sin, sin), without a concatenate: every op is then
   elementwise (reversing an axis of 2 is an index map), so XLA fuses the rotation into the
@@ -64,6 +65,6 @@ def rope(x_BTNH, positions_BT, theta):
   sin_BT11F = jnp.sin(angle_BTF)[:, :, None, None, :]
   x_BTN2F = x_BTNH.astype(jnp.float32).reshape(*x_BTNH.shape[:-1], 2, H // 2)
   # first half x1 cos - x2 sin, second half x2 cos + x1 sin
-  sign_21 = jnp.array([[-1.0], [1.0]], jnp.float32)
+  sign_21 = jnp.array([[1.0], [-1.0]] if inverse else [[-1.0], [1.0]], jnp.float32)
   out = x_BTN2F * cos_BT11F + jnp.flip(x_BTN2F, axis=-2) * (sign_21 * sin_BT11F)
   return out.reshape(x_BTNH.shape).astype(x_BTNH.dtype)
