@@ -23,7 +23,13 @@ def get_config():
                  param_dtype="float32", vocab_pad_multiple=64)
   c.data.update(source="shakespeare", tokenizer="gpt2", packing=False, worker_count=4)
   c.train.update(num_steps=100_000, batch_size=2048, seq_len=1024, grad_accum_steps=64,
-                 log_every=20, loss_chunk_tokens=8192)
+                 log_every=20)
+  # The loss in one chunk per micro-batch of 32 x 1,024 tokens: the step skips the chunk loop's
+  # slicing and its float32 accumulation of the output matrix's gradient. +1.6-1.9% on the H200
+  # against chunks of 8,192 (docs/performance.md, eighth measurement), for 16.1 instead of 11.7
+  # GiB of temporaries (experiments/compile_offline.py). With less GPU memory, lower it:
+  # --config.train.loss_chunk_tokens=8192.
+  c.train.loss_chunk_tokens = 32 * 1024
   # The logits matmul's output stored in bf16 like the other bf16 activations (the loss's
   # reductions stay float32): measured faster on the H200, 520,690 tokens/s with the loss kernel
   # against 495,951 with float32 and XLA (docs/performance.md). float32 by

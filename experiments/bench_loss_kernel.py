@@ -24,16 +24,17 @@ _VOCAB = flags.DEFINE_integer("vocab", 50304, "Columns (GPT-2's 50,257 padded to
 _REAL_VOCAB = flags.DEFINE_integer("real_vocab", 50257, "Columns that are not padding.")
 _DTYPES = flags.DEFINE_list("dtypes", ["bfloat16", "float32"], "Logits dtypes.")
 _TILES = flags.DEFINE_list("tiles", ["1:2048:4", "1:1024:2", "1:1024:4", "4:1024:4", "1:4096:8",
-                                     "1:2048:2"],
-                           "Kernel settings block_rows:block_vocab:num_warps.")
+                                     "1:2048:2", "1:2048:4:3", "1:2048:4:4"],
+                           "Kernel settings block_rows:block_vocab:num_warps[:num_stages] "
+                           f"(num_stages default {cross_entropy_gpu.NUM_STAGES}).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed calls after one warm-up.")
 
 
 def main(argv):
   del argv
   M, V, real = _ROWS.value, _VOCAB.value, min(_REAL_VOCAB.value, _VOCAB.value)
-  tiles = parse_settings(_TILES.value, ("block_rows", "block_vocab", "num_warps"), "8:1024:8",
-                         rows=M)
+  tiles = parse_settings(_TILES.value, ("block_rows", "block_vocab", "num_warps", "num_stages"),
+                         "8:1024:8", rows=M, defaults=(cross_entropy_gpu.NUM_STAGES,))
   interpret = jax.default_backend() == "cpu"
   k = jax.random.split(jax.random.key(0), 3)
   targets = jax.random.randint(k[1], (M,), 0, real)
@@ -48,18 +49,18 @@ def main(argv):
     want = jax.block_until_ready(xla(logits, targets, weights))
     ms = mean_ms(xla, logits, targets, weights, steps=_STEPS.value)
     rows.append((dtype.name, "XLA", ms, counted / ms / 1e6, 0.0))
-    for block_rows, block_vocab, warps in tiles:
-      fn = jax.jit(lambda x, t, w, br=block_rows, bv=block_vocab, nw=warps, dtype=dtype:
-                   cross_entropy_gpu.cross_entropy_with_grad(
+    for block_rows, block_vocab, warps, stages in tiles:
+      fn = jax.jit(lambda x, t, w, br=block_rows, bv=block_vocab, nw=warps, ns=stages,
+                   dtype=dtype: cross_entropy_gpu.cross_entropy_with_grad(
                        x, t, w, vocab_size=real, grad_dtype=dtype, block_rows=br,
-                       block_vocab=bv, num_warps=nw, interpret=interpret))
+                       block_vocab=bv, num_warps=nw, num_stages=ns, interpret=interpret))
       got = fn(logits, targets, weights)
       err = max_abs_diff(got, want)
       ms = mean_ms(fn, logits, targets, weights, steps=_STEPS.value)
-      rows.append((dtype.name, f"kernel {block_rows}:{block_vocab}:{warps}", ms,
+      rows.append((dtype.name, f"kernel {block_rows}:{block_vocab}:{warps}:{stages}", ms,
                    counted / ms / 1e6, err))
       print(f"{rows[-1][0]} {rows[-1][1]}: {ms:.3f} ms", flush=True)
-  print("\n| logits | implementation (rows:vocab:warps) | ms | GB/s counted | max abs diff vs "
+  print("\n| logits | implementation (rows:vocab:warps:stages) | ms | GB/s counted | max abs diff vs "
         "XLA |\n|---|---|---|---|---|")
   for dtype, name, ms, gbs, err in rows:
     print(f"| {dtype} | {name} | {ms:.3f} | {gbs:,.0f} | {err:.2e} |")

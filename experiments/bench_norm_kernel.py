@@ -23,8 +23,9 @@ _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Residual stream dtype.")
 # 4:4:4 is the default; the others hold fewer values per thread (rows x 1024 / (32 x warps)),
 # the backward's likely limit (it keeps six [rows, 1024] float32 tiles live; not profiled).
 _TILES = flags.DEFINE_list("tiles", ["4:4:4", "4:8:1", "4:8:4", "2:4:2", "2:8:4", "1:4:4",
-                                     "8:8:2"],
-                           "Kernel settings block_rows:num_warps:bwd_row_blocks.")
+                                     "8:8:2", "4:4:4:2", "4:4:8:2", "4:4:8:3", "2:4:8:3"],
+                           "Kernel settings block_rows:num_warps:bwd_row_blocks[:bwd_num_stages] "
+                           f"(bwd_num_stages default {rms_norm_gpu.BWD_NUM_STAGES}).")
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed calls after one warm-up.")
 EPS = 1e-6
 
@@ -40,8 +41,9 @@ def _fwd_bwd(norm):
 def main(argv):
   del argv
   M, D, dtype = _ROWS.value, _WIDTH.value, jnp.dtype(_DTYPE.value)
-  tiles = parse_settings(_TILES.value, ("block_rows", "num_warps", "bwd_row_blocks"), "4:4:4",
-                         rows=M)
+  tiles = parse_settings(_TILES.value, ("block_rows", "num_warps", "bwd_row_blocks",
+                                        "bwd_num_stages"), "4:4:4", rows=M,
+                         defaults=(rms_norm_gpu.BWD_NUM_STAGES,))
   interpret = jax.default_backend() == "cpu"
   k = jax.random.split(jax.random.key(0), 5)
   x, delta, d_sum, d_y = (jax.random.normal(kk, (M, D)).astype(dtype) for kk in k[:4])
@@ -66,12 +68,13 @@ def main(argv):
   rows = []
   want = measure("XLA", lambda x, d, s: rms_norm_gpu.reference_add_rms_norm(
       x, d, s, eps=EPS, out_dtype=dtype))
-  for block_rows, warps, row_blocks in tiles:
-    measure(f"kernel {block_rows}:{warps}:{row_blocks}",
-            lambda x, d, s, br=block_rows, nw=warps, rb=row_blocks: rms_norm_gpu.add_rms_norm(
-                x, d, s, eps=EPS, out_dtype=dtype, block_rows=br, num_warps=nw,
-                bwd_row_blocks=rb, interpret=interpret), want)
-  print("\n| implementation (rows:warps:bwd blocks) | forward ms | GB/s | forward + backward ms "
+  for block_rows, warps, row_blocks, stages in tiles:
+    measure(f"kernel {block_rows}:{warps}:{row_blocks}:{stages}",
+            lambda x, d, s, br=block_rows, nw=warps, rb=row_blocks, ns=stages:
+            rms_norm_gpu.add_rms_norm(x, d, s, eps=EPS, out_dtype=dtype, block_rows=br,
+                                      num_warps=nw, bwd_row_blocks=rb, bwd_num_stages=ns,
+                                      interpret=interpret), want)
+  print("\n| implementation (rows:warps:bwd blocks:bwd stages) | forward ms | GB/s | forward + backward ms "
         "| GB/s | max abs diff vs XLA |\n|---|---|---|---|---|---|")
   for name, f_ms, f_gbs, b_ms, b_gbs, err in rows:
     print(f"| {name} | {f_ms:.4f} | {f_gbs:,.0f} | {b_ms:.4f} | {b_gbs:,.0f} | {err:.2e} |")

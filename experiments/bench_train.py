@@ -48,7 +48,8 @@ _ACCUM = flags.DEFINE_integer("grad_accum", 1, "Micro-batches of --batch sequenc
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per configuration (after 3 warm-up).")
 _ATTENTION = flags.DEFINE_list("attention", ["softmax", "ssmax"], "Attention variants.")
 _VOCAB_PAD = flags.DEFINE_list("vocab_pad", ["64", "1"], "model.vocab_pad_multiple values.")
-_CHUNK = flags.DEFINE_list("chunk", ["8192"], "train.loss_chunk_tokens values.")
+_CHUNK = flags.DEFINE_list("chunk", ["config"], "train.loss_chunk_tokens values; 'config' "
+                           "keeps the model config's.")
 _REMAT = flags.DEFINE_list("remat", ["false"], "model.remat values.")
 _LOGITS = flags.DEFINE_list("logits_dtype", ["bfloat16"],
                             "train.loss_logits_dtype values (bfloat16: the paper config's).")
@@ -95,9 +96,10 @@ def _config(attention, vocab_pad, chunk, remat, logits_dtype, loss_implementatio
   if norm_impl != "paper":
     c.model.norm_implementation = norm_impl
   c.train.update(batch_size=_BATCH.value * _ACCUM.value, seq_len=_SEQ.value,
-                 grad_accum_steps=_ACCUM.value,
-                 loss_chunk_tokens=chunk, loss_logits_dtype=logits_dtype,
+                 grad_accum_steps=_ACCUM.value, loss_logits_dtype=logits_dtype,
                  loss_implementation=loss_implementation)
+  if chunk != "config":
+    c.train.loss_chunk_tokens = int(chunk)
   c.mesh.shape = (1, 1, 1)
   if _SMALL.value:
     c.model.update(vocab_size=512, d_model=64, num_layers=2, num_heads=4, d_ff=128,
@@ -238,13 +240,14 @@ def main(argv):
   for attention, pad, chunk, remat, logits, loss_impl, attn_impl, norm_impl in itertools.product(
       _ATTENTION.value, _VOCAB_PAD.value, _CHUNK.value, _REMAT.value, _LOGITS.value,
       _LOSS_IMPL.value, _ATTN_IMPL.value, _NORM_IMPL.value):
-    name = (f"attention={attention} vocab_pad={pad} chunk={chunk} remat={remat} "
-            f"logits={logits} loss={loss_impl}"
+    config = _config(attention, int(pad), chunk, remat.lower() == "true", logits, loss_impl,
+                     attn_impl, norm_impl)
+    name = (f"attention={attention} vocab_pad={pad} chunk={config.train.loss_chunk_tokens} "
+            f"remat={remat} logits={logits} loss={loss_impl}"
             + ("" if attn_impl == "auto" else f" attention_impl={attn_impl}")
             + ("" if norm_impl == "paper" else f" norm={norm_impl}")
             + ("" if _ACCUM.value == 1 else f" grad_accum={_ACCUM.value}"))
-    r = measure(_config(attention, int(pad), int(chunk), remat.lower() == "true", logits,
-                        loss_impl, attn_impl, norm_impl), name)
+    r = measure(config, name)
     mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.3f}"
     parts = "".join(f" {k}={r[k]:.1f}" for k in ("forward_ms", "forward_backward_ms") if k in r)
     print(f"{name}: params={r['params'] / 1e6:.1f}M init={r['init_s']:.0f}s "

@@ -18,6 +18,7 @@ _COMPARE = flags.DEFINE_string("compare", "", "An earlier --out: also print its 
                                "kernels whose counts differ.")
 _ATTENTION = flags.DEFINE_string("attention", "ssmax", "model.attention.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Sequences per step (of 1,024 tokens).")
+_CHUNK = flags.DEFINE_integer("chunk", 0, "train.loss_chunk_tokens; 0 keeps the config's.")
 _TOP = flags.DEFINE_integer("top", 15, "Kernels listed.")
 
 # XLA's H100 SXM spec (xla/tools/hlo_opt/gpu_specs) with the H200's memory and bandwidth.
@@ -39,7 +40,7 @@ device_description_str: "NVIDIA H200"
 
 
 def compile_step(config):
-  """The optimized HLO text of `config`'s train step on one compile-only H200."""
+  """(optimized HLO text, memory_analysis()) of `config`'s train step on one compile-only H200."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -69,7 +70,8 @@ def compile_step(config):
                                    sharding=rows)
            for k in ("inputs", "targets", "segment_ids", "positions", "loss_mask")}
   with jax.set_mesh(mesh):
-    return step.lower(leaves, batch).compile().as_text()
+    compiled = step.lower(leaves, batch).compile()
+  return compiled.as_text(), compiled.memory_analysis()
 
 
 def main(argv):
@@ -81,13 +83,18 @@ def main(argv):
   config = paper_162m.get_config()
   config.model.attention = _ATTENTION.value
   config.train.update(batch_size=_BATCH.value, grad_accum_steps=1)
+  if _CHUNK.value:
+    config.train.loss_chunk_tokens = _CHUNK.value
   config.mesh.shape = (1, 1, 1)
   config_lib.apply_xla_flags(config)  # before JAX starts a backend
-  text = compile_step(config)
+  text, memory = compile_step(config)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value, "w") as f:
     f.write(text)
   print(f"{_OUT.value}\n" + profiling.format_traffic(profiling.kernel_traffic(text), _TOP.value))
+  # The state is donated, so its buffers are reused for the outputs: arguments + temporaries.
+  print(f"device memory: {memory.argument_size_in_bytes / 2**30:.2f} GiB of state and batch, "
+        f"{memory.temp_size_in_bytes / 2**30:.2f} GiB of temporaries")
   if _COMPARE.value:
     with open(_COMPARE.value) as f:
       before = f.read()

@@ -18,19 +18,21 @@ def mean_ms(fn, *args, steps: int) -> float:
   return (time.perf_counter() - t0) / steps * 1e3
 
 
-def parse_settings(items, fields, example, rows=None):
-  """[(int, ...)] from --tiles entries 'a:b:...' naming `fields` in order; a ValueError names
-  the entry, the form and `example`, or, given `rows`, settings whose first field (rows per
-  block) does not divide them."""
+def parse_settings(items, fields, example, rows=None, defaults=()):
+  """[(int, ...)] from --tiles entries 'a:b:...' naming `fields` in order, where the last
+  len(defaults) fields may be left out and take those defaults; a ValueError names the entry,
+  the form and `example`, or, given `rows`, settings whose first field (rows per block) does
+  not divide them."""
   out = []
   for item in items:
     try:
       values = tuple(map(int, item.split(":")))
     except ValueError:
       values = ()
-    if len(values) != len(fields):
+    missing = len(fields) - len(values)
+    if not 0 <= missing <= len(defaults):
       raise ValueError(f"--tiles entry {item!r} is not {':'.join(fields)} (e.g. {example}).")
-    out.append(values)
+    out.append(values + tuple(defaults[len(defaults) - missing:]))
   bad = [t for t in out if rows is not None and rows % t[0]]
   if bad:
     raise ValueError(f"--tiles {bad}: {fields[0]} must divide --rows={rows}.")

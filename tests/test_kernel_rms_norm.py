@@ -140,6 +140,10 @@ def test_what_a_caller_can_get_wrong():
     call(x, delta[..., :47], scale)
   with pytest.raises(ValueError, match="x has dtype int32"):
     call(x.astype(jnp.int32), None, scale)
+  with pytest.raises(ValueError, match="bwd_row_blocks=0: pass a positive count"):
+    call(x, delta, scale, bwd_row_blocks=0)
+  with pytest.raises(ValueError, match="bwd_num_stages=0: pass a positive pipelining depth"):
+    call(x, delta, scale, bwd_num_stages=0)
   with pytest.raises(ValueError, match="scale has shape"):  # the reference checks the same
     reference_add_rms_norm(x, delta, scale[:47], eps=EPS, out_dtype=jnp.bfloat16)
 

@@ -338,3 +338,12 @@ def test_xla_flags_go_into_the_environment_before_jax_starts(monkeypatch):
   config.xla_flags = "xla_gpu_enable_triton_gemm=false"
   with pytest.raises(ValueError, match="config.xla_flags has"):
     validate(config)
+
+
+def test_paper_config_computes_the_loss_in_one_chunk_per_micro_batch():
+  # The measured setting (configs/paper_162m.py): one chunk of a micro-batch's tokens.
+  from configs import paper_162m
+  from ssmax_jax.train.loss import _num_chunks
+  t = paper_162m.get_config().train
+  micro_batch = t.batch_size // t.grad_accum_steps
+  assert _num_chunks(micro_batch, t.seq_len, t.loss_chunk_tokens) == 1

@@ -30,6 +30,9 @@ from jax.experimental.pallas import triton as plgpu
 BLOCK_ROWS = 1
 BLOCK_VOCAB = 2048
 NUM_WARPS = 4
+# Triton's software-pipelining depth of the two passes' tile loops: 1 to 4 measured the same
+# (0.750-0.757 ms; docs/performance.md, eighth measurement).
+NUM_STAGES = 2
 
 
 def supported(num_rows: int, block_rows: int | None = None) -> bool:
@@ -88,10 +91,11 @@ def _kernel(logits_ref, targets_ref, weights_ref, loss_ref, dlogits_ref, *, voca
 
 
 @functools.partial(jax.jit, static_argnames=("vocab_size", "grad_dtype", "block_rows",
-                                             "block_vocab", "num_warps", "interpret"))
+                                             "block_vocab", "num_warps", "num_stages",
+                                             "interpret"))
 def cross_entropy_with_grad(logits_MV, targets_M, weights_M, *, vocab_size, grad_dtype,
                             block_rows=BLOCK_ROWS, block_vocab=BLOCK_VOCAB, num_warps=NUM_WARPS,
-                            interpret=False):
+                            num_stages=NUM_STAGES, interpret=False):
   """(weight * (logsumexp - target logit) [M] float32, (softmax - onehot) * weight [M, V])."""
   M, V = logits_MV.shape
   if not supported(M, block_rows):
@@ -108,7 +112,7 @@ def cross_entropy_with_grad(logits_MV, targets_M, weights_M, *, vocab_size, grad
                  pl.BlockSpec((block_rows, V), lambda i: (i, 0))],
       out_shape=[jax.ShapeDtypeStruct((M,), jnp.float32),
                  jax.ShapeDtypeStruct((M, V), grad_dtype)],
-      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=2),
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
       interpret=interpret,
       name="softmax_cross_entropy_with_grad",
   )(logits_MV, targets_M.astype(jnp.int32), weights_M.astype(jnp.float32))

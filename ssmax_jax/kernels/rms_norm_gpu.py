@@ -38,6 +38,9 @@ _F32 = jnp.float32
 BLOCK_ROWS = 4
 NUM_WARPS = 4
 BWD_ROW_BLOCKS = 4
+# Triton's pipelining depth of the backward's loop over its row blocks: deeper settings were
+# within 2% of this one, forward + backward (docs/performance.md, eighth measurement).
+BWD_NUM_STAGES = 1
 
 
 def supported(num_rows: int, block_rows: int = BLOCK_ROWS) -> bool:
@@ -144,6 +147,7 @@ class _Config:
   block_rows: int
   num_warps: int
   bwd_row_blocks: int
+  bwd_num_stages: int
   interpret: bool
   delta_dtype: np.dtype | None  # None: no delta
 
@@ -187,7 +191,8 @@ def _backward(sum_MD, rstd_M, dy_MD, dsum_MD, scale_D, cfg):
       out_specs=[rows_spec, pl.BlockSpec((D,), lambda i: (i,))],
       out_shape=[jax.ShapeDtypeStruct((M, D), sum_MD.dtype),
                  jax.ShapeDtypeStruct((programs * D,), _F32)],
-      compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=1),
+      compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps,
+                                           num_stages=cfg.bwd_num_stages),
       interpret=cfg.interpret,
       name="add_rms_norm_bwd",
   )(sum_MD, rstd_M, dy_MD, scale_D, *([dsum_MD] if has_dsum else []))
@@ -224,9 +229,10 @@ _fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "out_dtype", "block_rows", "num_warps",
-                                             "bwd_row_blocks", "interpret"))
+                                             "bwd_row_blocks", "bwd_num_stages", "interpret"))
 def add_rms_norm(x, delta, scale_D, *, eps, out_dtype, block_rows=BLOCK_ROWS,
-                 num_warps=NUM_WARPS, bwd_row_blocks=BWD_ROW_BLOCKS, interpret=False):
+                 num_warps=NUM_WARPS, bwd_row_blocks=BWD_ROW_BLOCKS,
+                 bwd_num_stages=BWD_NUM_STAGES, interpret=False):
   """(sum = x + delta in x's dtype, y = RMSNorm(sum) * scale in out_dtype), both [..., D].
 
   delta None normalises x alone (sum is x). block_rows rows per forward program, power of two
@@ -235,8 +241,10 @@ def add_rms_norm(x, delta, scale_D, *, eps, out_dtype, block_rows=BLOCK_ROWS,
   M, D = check_inputs(x, delta, scale_D, block_rows)
   if bwd_row_blocks < 1:
     raise ValueError(f"bwd_row_blocks={bwd_row_blocks}: pass a positive count of row blocks.")
+  if bwd_num_stages < 1:
+    raise ValueError(f"bwd_num_stages={bwd_num_stages}: pass a positive pipelining depth.")
   cfg = _Config(float(eps), np.dtype(out_dtype), block_rows, num_warps, bwd_row_blocks,
-                bool(interpret), None if delta is None else delta.dtype)
+                bwd_num_stages, bool(interpret), None if delta is None else delta.dtype)
   x_MD = x.reshape(M, D)
   delta_MD = None if delta is None else delta.reshape(M, D)
   s_MD, y_MD = _fused(x_MD, delta_MD, scale_D, cfg)
