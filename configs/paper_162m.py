@@ -25,7 +25,7 @@ def get_config():
   c.train.update(num_steps=100_000, batch_size=2048, seq_len=1024, grad_accum_steps=64,
                  log_every=20)
   # The loss in one chunk per micro-batch of 32 x 1,024 tokens: the step skips the chunk loop's
-  # slicing and its float32 accumulation of the output matrix's gradient. +1.6-1.9% on the H200
+  # slicing and its float32 accumulation of the output matrix's gradient. +1.1-1.6% on the H200
   # against chunks of 8,192 (docs/performance.md, eighth measurement), for 16.1 instead of 11.7
   # GiB of temporaries (experiments/compile_offline.py). With less GPU memory, lower it:
   # --config.train.loss_chunk_tokens=8192.

@@ -60,8 +60,8 @@ def main(argv):
       rows.append((dtype.name, f"kernel {block_rows}:{block_vocab}:{warps}:{stages}", ms,
                    counted / ms / 1e6, err))
       print(f"{rows[-1][0]} {rows[-1][1]}: {ms:.3f} ms", flush=True)
-  print("\n| logits | implementation (rows:vocab:warps:stages) | ms | GB/s counted | max abs diff vs "
-        "XLA |\n|---|---|---|---|---|")
+  print("\n| logits | implementation (rows:vocab:warps:stages) | ms | GB/s counted | max abs "
+        "diff vs XLA |\n|---|---|---|---|---|")
   for dtype, name, ms, gbs, err in rows:
     print(f"| {dtype} | {name} | {ms:.3f} | {gbs:,.0f} | {err:.2e} |")
   floor = {d: M * V * jnp.dtype(d).itemsize * 3 / 4.8e12 * 1e3 for d in _DTYPES.value}

@@ -74,8 +74,8 @@ def main(argv):
             rms_norm_gpu.add_rms_norm(x, d, s, eps=EPS, out_dtype=dtype, block_rows=br,
                                       num_warps=nw, bwd_row_blocks=rb, bwd_num_stages=ns,
                                       interpret=interpret), want)
-  print("\n| implementation (rows:warps:bwd blocks:bwd stages) | forward ms | GB/s | forward + backward ms "
-        "| GB/s | max abs diff vs XLA |\n|---|---|---|---|---|---|")
+  print("\n| implementation (rows:warps:bwd blocks:bwd stages) | forward ms | GB/s | forward + "
+        "backward ms | GB/s | max abs diff vs XLA |\n|---|---|---|---|---|---|")
   for name, f_ms, f_gbs, b_ms, b_gbs, err in rows:
     print(f"| {name} | {f_ms:.4f} | {f_gbs:,.0f} | {b_ms:.4f} | {b_gbs:,.0f} | {err:.2e} |")
   print(f"floor at 4.8 TB/s: forward {4 * tensor / 4.8e9:.4f} ms, forward + backward "

@@ -54,6 +54,14 @@ def test_kernel_matches_float64_in_one_pass_when_a_tile_covers_the_row(dtype):
   _check(16, 300, dtype, block_vocab=512, block_rows=2, interpret=True)
 
 
+def test_kernel_names_a_pipelining_depth_below_one():
+  logits, targets, weights = _inputs(4, 40, jnp.float32)
+  with pytest.raises(ValueError, match="num_stages=0: pass a positive pipelining depth"):
+    cross_entropy_gpu.cross_entropy_with_grad(logits, targets, weights, vocab_size=40,
+                                              grad_dtype=jnp.float32, num_stages=0,
+                                              interpret=True)
+
+
 def _loss_inputs(seed, B=2, T=16, D=16, V=40, real_V=37):
   """Hidden states, output matrix (V - real_V padding columns), targets, loss mask, real_V."""
   k = jax.random.split(jax.random.key(seed), 4)

@@ -98,6 +98,8 @@ def cross_entropy_with_grad(logits_MV, targets_M, weights_M, *, vocab_size, grad
                             num_stages=NUM_STAGES, interpret=False):
   """(weight * (logsumexp - target logit) [M] float32, (softmax - onehot) * weight [M, V])."""
   M, V = logits_MV.shape
+  if num_stages < 1:
+    raise ValueError(f"num_stages={num_stages}: pass a positive pipelining depth.")
   if not supported(M, block_rows):
     raise ValueError(f"{M} rows do not split into blocks of {block_rows}: call supported() "
                      "first and use the XLA loss otherwise.")
