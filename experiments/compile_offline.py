@@ -8,7 +8,9 @@ Needs JAX's CUDA plugin in the environment, no GPU (docs/WORKSPACE.md):
 
   python -m experiments.compile_offline --out=/tmp/after.hlo --compare=/tmp/before.hlo
 """
+import glob
 import os
+import tempfile
 
 from absl import app
 from absl import flags
@@ -20,6 +22,8 @@ _ATTENTION = flags.DEFINE_string("attention", "ssmax", "model.attention.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Sequences per step (of 1,024 tokens).")
 _CHUNK = flags.DEFINE_integer("chunk", 0, "train.loss_chunk_tokens; 0 keeps the config's.")
 _TOP = flags.DEFINE_integer("top", 15, "Kernels listed.")
+_THIN = flags.DEFINE_integer("thin", 8, "Also list this many large XLA kernels with the fewest "
+                             "elements per thread (from XLA's launch dimensions).")
 
 # XLA's H100 SXM spec (xla/tools/hlo_opt/gpu_specs) with the H200's memory and bandwidth.
 H200 = """
@@ -86,6 +90,8 @@ def main(argv):
   if _CHUNK.value:
     config.train.loss_chunk_tokens = _CHUNK.value
   config.mesh.shape = (1, 1, 1)
+  dump = tempfile.mkdtemp(prefix="compile_offline_")  # XLA's thunk sequence: launch dimensions
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()
   config_lib.apply_xla_flags(config)  # before JAX starts a backend
   text, memory = compile_step(config)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
@@ -95,6 +101,14 @@ def main(argv):
   # The state is donated, so its buffers are reused for the outputs: arguments + temporaries.
   print(f"device memory: {memory.argument_size_in_bytes / 2**30:.2f} GiB of state and batch, "
         f"{memory.temp_size_in_bytes / 2**30:.2f} GiB of temporaries")
+  thunks = sorted(glob.glob(os.path.join(dump, "*jit_step*thunk_sequence.txt")))
+  if thunks and _THIN.value:
+    with open(thunks[0]) as f:
+      thin = profiling.elements_per_thread(text, f.read())
+    print("\n| kernel | launches | elements | threads | elements per thread |\n"
+          "|---|---|---|---|---|")
+    for name, elements, threads, count in thin[:_THIN.value]:
+      print(f"| `{name}` | {count} | {elements:,} | {threads:,} | {elements / threads:.1f} |")
   if _COMPARE.value:
     with open(_COMPARE.value) as f:
       before = f.read()

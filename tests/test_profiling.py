@@ -123,3 +123,19 @@ def test_kernel_traffic_counts_operands_and_outputs_of_unfused_kernels():
   assert traffic == {"loop_add_fusion": (2 * 3 * 64, 2), "__gpu$xla.gpu.triton": (144, 1)}
   assert "0.00 GB" in profiling.format_traffic(traffic)
   assert "__cublas$lt$matmul" in profiling.kernel_traffic(_HLO, skip=())
+
+
+_THUNKS = """\
+001: kCustomKernel   [source         | next=002 (1)  ] loop_add_fusion_7 grid: [1, 1, 1] threads: [8, 1, 1]  shared_memory: 0 bytes
+002: kCublasLtMatmul [prev=001 (1)   | next=003 (1)  ] kCublasLtMatmul
+003: kCustomKernel   [prev=002 (1)   | next=004 (1)  ] loop_add_fusion_8 grid: [2, 1, 1] threads: [16, 1, 1]  shared_memory: 0 bytes
+004: kCustomKernel   [prev=003 (1)   | next=005 (1)  ] loop_add_fusion_8 grid: [2, 1, 1] threads: [16, 1, 1]  shared_memory: 0 bytes
+"""
+
+
+def test_elements_per_thread_ranks_xla_kernels_by_their_launch_dimensions():
+  # 32 output elements: 8 threads take 4 each, 32 threads 1 each (the thin one, listed first,
+  # with both of its launches); custom calls (GEMM, Triton) are not XLA's emitters: left out
+  assert profiling.elements_per_thread(_HLO, _THUNKS, min_elements=1) == [
+      ("loop_add_fusion.8", 32, 32, 2), ("loop_add_fusion.7", 32, 8, 1)]
+  assert profiling.elements_per_thread(_HLO, _THUNKS, min_elements=33) == []

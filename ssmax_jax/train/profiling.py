@@ -9,6 +9,7 @@ import functools
 import glob
 import gzip
 import json
+import math
 import os
 import re
 
@@ -248,13 +249,10 @@ def _shape_bytes(shape: str) -> int:
   return total
 
 
-def kernel_traffic(hlo_text: str, skip=("__cublas", "__cudnn")) -> dict:
-  """{kernel name without its number: (bytes, count)} over the fusions and custom calls of a
-  compiled module's text that run outside fused computations: each counts the bytes of its
-  operands and outputs, the traffic of a kernel that reads and writes each once. Custom calls
-  whose target starts with one of `skip` (GEMMs, attention: compute-bound) are left out. A
-  loop body counts once. A model of the memory-bound part of a step that needs no device, e.g.
-  on a step compiled for a GPU without one (experiments/compile_offline.py)."""
+def _kernels(hlo_text: str):
+  """[(instruction name, output shape, operand names, custom-call target or None)] of the
+  fusions and custom calls of a compiled module's text that run as kernels (outside fused
+  computations), and {instruction name: shape} of every instruction."""
   fused = set(re.findall(r"\bcalls=%?([\w.\-]+)", hlo_text))  # the bodies of fusions
   shapes, kernels, inside_fused = {}, [], False
   for line in hlo_text.splitlines():
@@ -267,16 +265,54 @@ def kernel_traffic(hlo_text: str, skip=("__cublas", "__cudnn")) -> dict:
     if inside_fused or m.group(3) not in ("fusion", "custom-call"):
       continue
     target = re.search(r'custom_call_target="([^"]+)"', m.group(4))
-    if target and target.group(1).startswith(tuple(skip)):
-      continue
     operands = _OPERAND.findall(m.group(4).split(")", 1)[0])
-    name = target.group(1) if target else re.sub(r"(\.\d+)+$", "", m.group(1))
-    kernels.append((name, m.group(2), operands))
+    kernels.append((m.group(1), m.group(2), operands, target.group(1) if target else None))
+  return kernels, shapes
+
+
+def kernel_traffic(hlo_text: str, skip=("__cublas", "__cudnn")) -> dict:
+  """{kernel name without its number: (bytes, count)} over the fusions and custom calls of a
+  compiled module's text that run outside fused computations: each counts the bytes of its
+  operands and outputs, the traffic of a kernel that reads and writes each once. Custom calls
+  whose target starts with one of `skip` (GEMMs, attention: compute-bound) are left out. A
+  loop body counts once. A model of the memory-bound part of a step that needs no device, e.g.
+  on a step compiled for a GPU without one (experiments/compile_offline.py)."""
+  kernels, shapes = _kernels(hlo_text)
   out = collections.defaultdict(lambda: [0, 0])
-  for name, shape, operands in kernels:
-    out[name][0] += _shape_bytes(shape) + sum(_shape_bytes(shapes.get(o, "")) for o in operands)
-    out[name][1] += 1
+  for name, shape, operands, target in kernels:
+    if target and target.startswith(tuple(skip)):
+      continue
+    key = target or re.sub(r"(\.\d+)+$", "", name)
+    out[key][0] += _shape_bytes(shape) + sum(_shape_bytes(shapes.get(o, "")) for o in operands)
+    out[key][1] += 1
   return {k: tuple(v) for k, v in sorted(out.items(), key=lambda kv: -kv[1][0])}
+
+
+_LAUNCH = re.compile(r" ([\w.\-]+) grid: \[(\d+), (\d+), (\d+)\] threads: \[(\d+), (\d+), (\d+)\]")
+
+
+def elements_per_thread(hlo_text: str, thunk_sequence: str, min_elements: int = 1 << 20) -> list:
+  """[(kernel, elements of its largest output, threads launched, launches)] of the XLA fusions
+  with at least `min_elements` output elements, fewest elements per thread first.
+
+  thunk_sequence is the `*thunk_sequence.txt` that XLA writes with --xla_dump_to, where each
+  launch is listed under its kernel's name ('.' written '_'; kernels XLA deduplicated share
+  one). XLA's loop kernels take 4 or more elements a thread, in vector loads; its concatenate
+  kernels (2026-11) take one element of each operand a thread and move the same bytes at about
+  half the bandwidth (docs/performance.md, eighth measurement), which kernel_traffic's bytes
+  cannot show."""
+  launches = collections.defaultdict(lambda: [0, 0])
+  for m in _LAUNCH.finditer(thunk_sequence):
+    launches[m.group(1)] = [math.prod(int(g) for g in m.groups()[1:]),
+                            launches[m.group(1)][1] + 1]
+  out = []
+  for name, shape, _, target in _kernels(hlo_text)[0]:
+    threads, count = launches.get(name.replace(".", "_"), (0, 0))
+    elements = max((math.prod(int(d) for d in dims.split(",") if d)
+                    for _, dims in _ARRAY.findall(shape)), default=0)
+    if target is None and threads and elements >= min_elements:
+      out.append((name, elements, threads, count))
+  return sorted(out, key=lambda k: k[1] / k[2])
 
 
 def format_traffic(traffic: dict, top: int = 15, bandwidth: float = 4.0e12) -> str:
