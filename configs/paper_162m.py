@@ -28,7 +28,8 @@ def get_config():
   # slicing and its float32 accumulation of the output matrix's gradient. +1.1-1.6% on the H200
   # against chunks of 8,192 (docs/performance.md, eighth measurement), for 16.1 instead of 11.7
   # GiB of temporaries (experiments/compile_offline.py). With less GPU memory, lower it:
-  # --config.train.loss_chunk_tokens=8192.
+  # --config.train.loss_chunk_tokens=8192. The count is global: on D data-parallel devices with
+  # 32 sequences each, 32 * 1024 * D keeps one chunk.
   c.train.loss_chunk_tokens = 32 * 1024
   # The logits matmul's output stored in bf16 like the other bf16 activations (the loss's
   # reductions stay float32): measured faster on the H200, 520,690 tokens/s with the loss kernel
