@@ -83,19 +83,19 @@ def project_rotate_qk(x_BTD, wq_DF, wk_DF, positions_BT, theta, head_dim):
 
 def _project_rotate_qk_fwd(x_BTD, wq_DF, wk_DF, positions_BT, theta, head_dim):
   out = project_rotate_qk(x_BTD, wq_DF, wk_DF, positions_BT, theta, head_dim)
-  return out, (x_BTD, wq_DF, wk_DF, positions_BT, theta)
+  return out, (x_BTD, jnp.stack([wq_DF, wk_DF], axis=1), positions_BT, theta)
 
 
 def _project_rotate_qk_bwd(head_dim, residuals, grads):
   del head_dim
-  x_BTD, wq_DF, wk_DF, positions_BT, theta = residuals
+  x_BTD, w_D2F, positions_BT, theta = residuals
   B, T, _ = x_BTD.shape
   # RoPE is a rotation: its transpose is the rotation by the opposite angles.
   d_BT2NH = jnp.stack([rope(g_BTNH, positions_BT, theta, inverse=True) for g_BTNH in grads],
                       axis=2)
   d_BT2F = d_BT2NH.reshape(B, T, 2, -1)
   x_BTD = jax.lax.optimization_barrier(x_BTD)
-  dx_BTD = jnp.einsum("btsf,dsf->btd", d_BT2F, jnp.stack([wq_DF, wk_DF], axis=1))
+  dx_BTD = jnp.einsum("btsf,dsf->btd", d_BT2F, w_D2F)
   dw_D2F = jnp.einsum("btd,btsf->dsf", x_BTD, d_BT2F)
   return dx_BTD, dw_D2F[:, 0], dw_D2F[:, 1], None, None  # positions and theta: no gradient
 

@@ -239,14 +239,12 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([\w\-]+)\((.*)$")
 _OPERAND = re.compile(r"%([\w.\-]+)")
 
 
+def _elements(dims: str) -> int:
+  return math.prod(int(d) for d in dims.split(",") if d)
+
+
 def _shape_bytes(shape: str) -> int:
-  total = 0
-  for dtype, dims in _ARRAY.findall(shape):
-    n = 1
-    for d in filter(None, dims.split(",")):
-      n *= int(d)
-    total += n * _DTYPE_BYTES.get(dtype, 4)
-  return total
+  return sum(_elements(dims) * _DTYPE_BYTES.get(dtype, 4) for dtype, dims in _ARRAY.findall(shape))
 
 
 def _kernels(hlo_text: str):
@@ -301,17 +299,16 @@ def elements_per_thread(hlo_text: str, thunk_sequence: str, min_elements: int = 
   kernels (2026-11) take one element of each operand a thread and move the same bytes at about
   half the bandwidth (docs/performance.md, eighth measurement), which kernel_traffic's bytes
   cannot show."""
-  launches = collections.defaultdict(lambda: [0, 0])
+  threads, launches = {}, collections.Counter()
   for m in _LAUNCH.finditer(thunk_sequence):
-    launches[m.group(1)] = [math.prod(int(g) for g in m.groups()[1:]),
-                            launches[m.group(1)][1] + 1]
+    threads[m.group(1)] = math.prod(int(g) for g in m.groups()[1:])
+    launches[m.group(1)] += 1
   out = []
   for name, shape, _, target in _kernels(hlo_text)[0]:
-    threads, count = launches.get(name.replace(".", "_"), (0, 0))
-    elements = max((math.prod(int(d) for d in dims.split(",") if d)
-                    for _, dims in _ARRAY.findall(shape)), default=0)
-    if target is None and threads and elements >= min_elements:
-      out.append((name, elements, threads, count))
+    key = name.replace(".", "_")
+    elements = max((_elements(dims) for _, dims in _ARRAY.findall(shape)), default=0)
+    if target is None and key in threads and elements >= min_elements:
+      out.append((name, elements, threads[key], launches[key]))
   return sorted(out, key=lambda k: k[1] / k[2])
 
 
