@@ -162,11 +162,12 @@ def measure(config, name="step") -> dict:
     if _PROFILE.value:
       def one_step():
         st.leaves, m = step_fn(st.leaves, batch)
-        jax.block_until_ready(m)
+        return m
       path = profiling.trace_steps(one_step, _PROFILE.value, _PROFILE_DIR.value)
       profile = profiling.device_time_by_kernel(path, _PROFILE.value)
       profile["sources"] = profiling.fusion_sources(hlo)
       profile["idle"] = profiling.device_idle(path, _PROFILE.value, top=_PROFILE_TOP.value)
+      profile["host"] = profiling.host_events(path, _PROFILE.value, top=_PROFILE_TOP.value)
   num_params = count_params(st.objects()[0])
   tps = B * T / dt
   peak = trainer._peak_flops(config)
@@ -258,6 +259,7 @@ def main(argv):
       print(profiling.format_summary(r["profile"], top=_PROFILE_TOP.value,
                                      sources=r["profile"]["sources"]), flush=True)
       print(profiling.format_idle(r["profile"]["idle"]), flush=True)
+      print(profiling.format_host_events(r["profile"]["host"]), flush=True)
     rows.append((name, r))
   # Then the host's ms inside step_fn per step, and the step when each is waited for.
   print("\n| configuration | step ms | tokens/s | MFU | host ms in step_fn | ms, each waited for "

@@ -32,29 +32,46 @@ def test_device_kernels_are_summed_per_step_and_categorised(tmp_path):
   assert "| matmul | 3.00 | 66.7% |" in profiling.format_summary(summary)
 
 
-def test_device_idle_counts_gaps_inside_steps_only(tmp_path):
+def test_device_idle_counts_every_gap_of_back_to_back_steps(tmp_path):
   meta = [dict(ph="M", name="process_name", pid=1, args=dict(name="/device:GPU:0"))]
   kernel = lambda name, ts, dur, tid=7: dict(ph="X", name=name, pid=1, tid=tid, ts=ts, dur=dur)
   # Two steps; in each, gemm [0, 100), attention on another stream [50, 150), then a 30 us wait
-  # before the norm [180, 200). Between the steps the device waits 5,000 us.
+  # before the norm [180, 200). Between the steps the device waits 50 us.
   events = meta
-  for start in (0, 5200):
+  for start in (0, 250):
     events += [kernel("gemm", start, 100), kernel("fmha", start + 50, 100, tid=8),
                kernel("norm", start + 180, 20)]
   path = tmp_path / "perfetto_trace.json.gz"
   _write_trace(path, events)
   idle = profiling.device_idle(str(path), num_steps=2)
+  assert idle["span_ms"] == pytest.approx(0.225)  # [0, 450) over two steps
   assert idle["busy_ms"] == pytest.approx(0.170)  # [0, 150) and [180, 200) merged per step
-  assert idle["idle_ms"] == pytest.approx(0.030)  # the wait between the steps left out
-  assert idle["gaps"] == [("fmha", "norm", pytest.approx(0.030), 1.0)]
-  assert "| `fmha` | `norm` | 0.030 | 1 |" in profiling.format_idle(idle)
+  assert idle["idle_ms"] == pytest.approx(0.055)  # 2 x 30 us inside, 50 us between, per step
+  assert idle["gaps"] == [("fmha", "norm", pytest.approx(0.030), 1.0),
+                          ("norm", "gemm", pytest.approx(0.025), 0.5)]
+  text = profiling.format_idle(idle)
+  assert "0.23 ms = busy 0.17 + idle 0.06" in text and "| `norm` | `gemm` | 0.025 | 0.5 |" in text
+
+
+def test_host_events_sum_the_host_annotations_by_name(tmp_path):
+  meta = [dict(ph="M", name="process_name", pid=1, args=dict(name="/device:GPU:0")),
+          dict(ph="M", name="process_name", pid=2, args=dict(name="/host:CPU"))]
+  event = lambda name, pid, ts, dur: dict(ph="X", name=name, pid=pid, tid=1, ts=ts, dur=dur)
+  events = meta + [event("gemm", 1, 0, 900), event("Execute", 2, 0, 400),
+                   event("Execute", 2, 1000, 600), event("BlockHostUntilReady", 2, 1600, 100)]
+  path = tmp_path / "perfetto_trace.json.gz"
+  _write_trace(path, events)
+  rows = profiling.host_events(str(path), num_steps=2)
+  assert rows == [("Execute", pytest.approx(0.5), 1.0),
+                  ("BlockHostUntilReady", pytest.approx(0.05), 0.5)]
+  assert "| `Execute` | 0.500 | 1 |" in profiling.format_host_events(rows)
 
 
 def test_trace_steps_on_this_machine(tmp_path):
   f = jax.jit(lambda x: jnp.tanh(x @ x))
   x = jnp.ones((256, 256))
   f(x).block_until_ready()
-  path = profiling.trace_steps(lambda: f(x).block_until_ready(), 2, str(tmp_path))
+  path = profiling.trace_steps(lambda: f(x), 2, str(tmp_path))
   summary = profiling.device_time_by_kernel(path, 2)
   assert summary["per_step_ms"] > 0 and summary["kernels"]
   with pytest.raises(ValueError, match="num_steps=0"):
@@ -81,7 +98,7 @@ def test_fusion_sources_name_the_code_of_each_kernel(tmp_path):
                                    f"{here.format(line_b)}, {here.format(line_a)}"}
   assert any(here.format(line_b) in v for v in sources.values())
   # The kernels of a trace of the same function find their source (names as the trace has them).
-  path = profiling.trace_steps(lambda: f(x).block_until_ready(), 1, str(tmp_path))
+  path = profiling.trace_steps(lambda: f(x), 1, str(tmp_path))
   summary = profiling.device_time_by_kernel(path, 1)
   table = profiling.format_summary(summary, sources=sources)
   assert "| source |" in table and here.format(line_b) in table

@@ -44,16 +44,17 @@ def stop_trace(log_dir: str) -> str:
 
 
 def trace_steps(run_step, num_steps: int, log_dir: str) -> str:
-  """Runs `run_step()` num_steps times under the profiler; returns the trace file's path.
-
-  run_step must block until its step is done (e.g. end with jax.block_until_ready).
+  """Issues `run_step()` num_steps times back to back under the profiler, as a training loop
+  issues steps (JAX dispatches asynchronously), then waits for the last one's result; returns
+  the trace file's path. Any wait of the device between two steps is then in the trace.
   """
   if num_steps < 1:
     raise ValueError(f"num_steps={num_steps} must be >= 1.")
   start_trace(log_dir)
   try:
     for _ in range(num_steps):
-      run_step()
+      out = run_step()
+    jax.block_until_ready(out)
   finally:
     path = stop_trace(log_dir)
   return path
@@ -108,9 +109,10 @@ def device_time_by_kernel(trace_path: str, num_steps: int) -> dict:
 
 
 def device_idle(trace_path: str, num_steps: int, top: int = 10) -> dict:
-  """Where a device waits inside the traced steps: {'busy_ms', 'idle_ms' (per step, between
-  kernels, the num_steps - 1 longest gaps left out as the waits between steps), 'gaps':
-  [(kernel before, kernel after, ms per step, gaps per step)], longest total first}.
+  """Where a device waits over steps traced back to back: {'span_ms' (first kernel's start to
+  the last one's end, per step), 'busy_ms', 'idle_ms' (per step; span = busy + idle), 'gaps':
+  [(kernel before, kernel after, ms per step, gaps per step)], longest total first}. A wait
+  between two steps shows as the pair (last kernel of a step, first kernel of the next).
 
   Kernels of all device streams are merged into one busy timeline; a gap is time none runs.
   """
@@ -126,21 +128,43 @@ def device_idle(trace_path: str, num_steps: int, top: int = 10) -> dict:
     elif stop > end:
       busy += stop - end
       end, last = stop, e["name"]
-  gaps.sort(key=lambda g: g[0])
-  inside = gaps[:len(gaps) - (num_steps - 1)] if num_steps > 1 else gaps
   by_pair, count = collections.Counter(), collections.Counter()
-  for us, before, after in inside:
+  for us, before, after in gaps:
     by_pair[before, after] += us
     count[before, after] += 1
-  return dict(busy_ms=busy / 1e3 / num_steps,
-              idle_ms=sum(g[0] for g in inside) / 1e3 / num_steps,
+  span = (end - ops[0]["ts"]) if ops else 0.0
+  return dict(span_ms=span / 1e3 / num_steps, busy_ms=busy / 1e3 / num_steps,
+              idle_ms=sum(g[0] for g in gaps) / 1e3 / num_steps,
               gaps=[(b, a, us / 1e3 / num_steps, count[b, a] / num_steps)
                     for (b, a), us in by_pair.most_common(top)])
 
 
+def host_events(trace_path: str, num_steps: int, top: int = 10) -> list:
+  """[(name, ms per step, calls per step)] of the host's trace events (the runtime's annotations:
+  dispatch, launches, waits), longest total first: where the host spends the steps, e.g. how
+  long it blocks before the device has room for another step. Nested events count in full."""
+  with gzip.open(trace_path, "rt") as f:
+    doc = json.load(f)
+  events = doc["traceEvents"] if isinstance(doc, dict) else doc
+  device_pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") ==
+                 "process_name" and e["args"]["name"].startswith("/device:")}
+  total, calls = collections.Counter(), collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and e.get("pid") not in device_pids:
+      total[e["name"]] += e.get("dur", 0.0)
+      calls[e["name"]] += 1
+  return [(n, us / 1e3 / num_steps, calls[n] / num_steps) for n, us in total.most_common(top)]
+
+
+def format_host_events(rows: list) -> str:
+  lines = ["| host event | ms/step | calls/step |", "|---|---|---|"]
+  lines += [f"| `{n[:80]}` | {ms:.3f} | {k:g} |" for n, ms, k in rows]
+  return "\n".join(lines)
+
+
 def format_idle(idle: dict) -> str:
-  lines = [f"device busy {idle['busy_ms']:.2f} ms per step, idle between its kernels "
-           f"{idle['idle_ms']:.2f} ms", "", "| kernel before | kernel after | idle ms/step | "
+  lines = [f"device timeline per step (steps issued back to back): {idle['span_ms']:.2f} ms = "
+           f"busy {idle['busy_ms']:.2f} + idle {idle['idle_ms']:.2f}", "", "| kernel before | kernel after | idle ms/step | "
            "gaps/step |", "|---|---|---|---|"]
   lines += [f"| `{b[:60]}` | `{a[:60]}` | {ms:.3f} | {k:g} |" for b, a, ms, k in idle["gaps"]]
   return "\n".join(lines)
