@@ -56,10 +56,31 @@ def norm_grads_under_mesh(mesh_shape):
   return [float(jnp.max(jnp.abs(a - b))) for a, b in zip(got, want)]
 
 
+def rope_grads_under_mesh(mesh_shape):
+  """Largest difference of the stacked RoPE transpose (ops.rotate_back_stacked) between the
+  Pallas kernel on each device's rows and heads under `mesh_shape` and XLA on one device."""
+  from jax.sharding import PartitionSpec as P
+  from ssmax_jax import ops
+  from ssmax_jax.nn.layers import rope_cos_sin
+  from ssmax_jax.nn.partitioning import activation_spec
+  from ssmax_jax.train import mesh as mesh_lib
+  k = jax.random.split(jax.random.key(1), 2)
+  g_q, g_k = (jax.random.normal(kk, (8, 16, 8, 16)) for kk in k)
+  cos, sin = rope_cos_sin(jnp.broadcast_to(jnp.arange(16), (8, 16)), 10000.0, 16)
+  want = jax.jit(lambda: ops.rotate_back_stacked(g_q, g_k, cos, sin, implementation="xla"))()
+  with jax.set_mesh(mesh_lib.make_mesh(mesh_shape)):
+    spec = activation_spec(g_q.shape, ("act_batch", "act_seq", "act_heads", "act_head_dim"))
+    assert spec == P(("data", "fsdp"), None, "tensor", None), spec
+    got = jax.jit(lambda: ops.rotate_back_stacked(g_q, g_k, cos, sin, spec=spec,
+                                                  implementation="pallas"))()
+  return float(jnp.max(jnp.abs(got - want)))
+
+
 _SCRIPT = textwrap.dedent("""
     import json, sys
     import jax
-    from tests.test_train_sharded import MESHES, _config, norm_grads_under_mesh
+    from tests.test_train_sharded import (MESHES, _config, norm_grads_under_mesh,
+                                          rope_grads_under_mesh)
     from ssmax_jax.train import read_metrics, train
     assert jax.device_count() == 8, jax.devices()
     out = {}
@@ -98,6 +119,7 @@ _SCRIPT = textwrap.dedent("""
     train(config, f"{sys.argv[1]}/pallas_norm")
     out["pallas_norm"] = [r["loss"] for r in read_metrics(f"{sys.argv[1]}/pallas_norm")]
     out["norm_grads"] = norm_grads_under_mesh((2, 2, 2))
+    out["rope_grads"] = rope_grads_under_mesh((2, 2, 2))
     config = _config()
     config.train.batch_size = 4
     try:
@@ -134,6 +156,7 @@ def test_sharded_losses_match_one_device(tmp_path):
   np.testing.assert_allclose(sharded["pallas_norm"], want, rtol=1e-4, err_msg="pallas norm")
   # sum, y, d_x, d_delta, d_scale (summed over the devices' rows by shard_map's transpose)
   assert max(sharded["norm_grads"]) < 1e-4, sharded["norm_grads"]
+  assert sharded["rope_grads"] < 1e-5, sharded["rope_grads"]  # rows and heads split 4 x 2
   assert "batch_size=4 must be divisible" in sharded["bad_batch"]
   assert "data x fsdp = 8" in sharded["bad_batch"]
 

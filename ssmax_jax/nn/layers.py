@@ -49,6 +49,14 @@ class RMSNorm(nnx.Module):
                             spec=activation_spec(x_BTD.shape, names))
 
 
+def rope_cos_sin(positions_BT, theta, head_dim):
+  """(cos, sin) [B,T,H/2] float32 of RoPE's angles at the given positions; theta may be traced."""
+  inv_freq = 1.0 / (jnp.asarray(theta, jnp.float32)
+                    ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angle_BTF = positions_BT.astype(jnp.float32)[:, :, None] * inv_freq
+  return jnp.cos(angle_BTF), jnp.sin(angle_BTF)
+
+
 def rope(x_BTNH, positions_BT, theta, inverse=False):
   """Rotary embedding (rotate-half pairing) at the given positions; theta may be traced;
   inverse=True rotates by the opposite angles (the transpose, for a backward pass).
@@ -59,10 +67,8 @@ def rope(x_BTNH, positions_BT, theta, inverse=False):
   of writing the rotated halves out (docs/performance.md, sixth measurement).
   """
   H = x_BTNH.shape[-1]
-  inv_freq = 1.0 / (jnp.asarray(theta, jnp.float32) ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H))
-  angle_BTF = positions_BT.astype(jnp.float32)[:, :, None] * inv_freq
-  cos_BT11F = jnp.cos(angle_BTF)[:, :, None, None, :]
-  sin_BT11F = jnp.sin(angle_BTF)[:, :, None, None, :]
+  cos_BTF, sin_BTF = rope_cos_sin(positions_BT, theta, H)
+  cos_BT11F, sin_BT11F = cos_BTF[:, :, None, None, :], sin_BTF[:, :, None, None, :]
   x_BTN2F = x_BTNH.astype(jnp.float32).reshape(*x_BTNH.shape[:-1], 2, H // 2)
   # first half x1 cos - x2 sin, second half x2 cos + x1 sin
   sign_21 = jnp.array([[1.0], [-1.0]] if inverse else [[-1.0], [1.0]], jnp.float32)
