@@ -1,7 +1,7 @@
 """Pallas kernels: flash attention with a fused per-query logit multiplier (the contract below),
-the training loss's cross-entropy over materialised logits (cross_entropy_gpu.py) and the
-residual add + RMSNorm of a pre-norm block (rms_norm_gpu.py), each with its own contract in its
-docstring.
+the training loss's cross-entropy over materialised logits (cross_entropy_gpu.py), the
+residual add + RMSNorm of a pre-norm block (rms_norm_gpu.py) and RoPE's transpose on the q and k
+gradients, written stacked (rope_gpu.py), each with its own contract in its docstring.
 
 Lowest layer of ssmax_jax: explicit arrays in and out, no masks built here from user
 arguments, no knowledge of variants. `ssmax_jax.ops` validates arguments, computes the
