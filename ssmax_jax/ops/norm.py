@@ -23,8 +23,9 @@ def check_implementation(implementation):
                      f"{', '.join(map(repr, IMPLEMENTATIONS))}.")
 
 
-def _local_rows(shape, spec):
-  """(rows per device, whether the width is whole) of an x of `shape` laid out by `spec`."""
+def local_rows(shape, spec):
+  """(rows per device, whether the width is whole) of an x of `shape` [..., width] laid out by
+  `spec` under the mesh in use: the rows are every axis but the last."""
   rows = int(np.prod(shape[:-1]))
   if spec is None:
     return rows, True
@@ -43,8 +44,8 @@ def resolve_implementation(implementation, shape, spec=None, backend=None):
   if implementation == "xla":
     return "xla"
   backend = jax.default_backend() if backend is None else backend
-  local_rows, width_whole = _local_rows(shape, spec)
-  fits = width_whole and rms_norm_gpu.supported(local_rows)
+  rows, width_whole = local_rows(shape, spec)
+  fits = width_whole and rms_norm_gpu.supported(rows)
   if implementation == "pallas":
     if backend == "tpu":
       raise ValueError("norm implementation 'pallas' is a GPU (Triton) kernel: use 'auto' or "
@@ -52,7 +53,7 @@ def resolve_implementation(implementation, shape, spec=None, backend=None):
     if not fits:
       raise ValueError(
           f"norm implementation 'pallas' needs whole rows on each device and a multiple of "
-          f"{rms_norm_gpu.BLOCK_ROWS} rows per device (here {local_rows} rows of width "
+          f"{rms_norm_gpu.BLOCK_ROWS} rows per device (here {rows} rows of width "
           f"{shape[-1]}, {'whole' if width_whole else 'split over ' + repr(spec[-1])}): change "
           "the batch or mesh, or use 'xla' or 'auto'.")
     return "pallas"

@@ -7,25 +7,14 @@ ssmax_jax/kernels/rope_gpu.py on each device's rows and heads; 'xla' is the same
 device's rows split into the kernel's blocks, and XLA elsewhere (decided at trace time).
 """
 import functools
-import math
 
 import jax
 from jax.sharding import PartitionSpec as P
 
 from ssmax_jax.kernels import rope_gpu
+from ssmax_jax.ops.norm import local_rows
 
 IMPLEMENTATIONS = ("auto", "xla", "pallas")
-
-
-def _local(shape, spec):
-  """(rows per device, whether the head dimension is whole) of a [B,T,N,H] laid out by spec."""
-  B, T = shape[:2]
-  if spec is None:
-    return B * T, True
-  mesh = jax.sharding.get_abstract_mesh()
-  entries = tuple(spec) + (None,) * (4 - len(spec))
-  axes = [a for e in entries[:2] if e is not None for a in (e if isinstance(e, tuple) else (e,))]
-  return B * T // math.prod(mesh.shape[a] for a in axes), entries[3] is None
 
 
 def rotate_back_stacked(g_q_BTNH, g_k_BTNH, cos_BTF, sin_BTF, *, spec=None,
@@ -40,7 +29,9 @@ def rotate_back_stacked(g_q_BTNH, g_k_BTNH, cos_BTF, sin_BTF, *, spec=None,
   rope_gpu.check_inputs(g_q_BTNH, g_k_BTNH, cos_BTF, sin_BTF)
   if g_q_BTNH.ndim != 4:
     raise ValueError(f"g_q has shape {g_q_BTNH.shape}: pass [B, T, N, H] gradients.")
-  rows, whole = _local(g_q_BTNH.shape, spec)
+  # Rows are (b, t) and heads may be split too, the head dimension may not: count [B, T, H].
+  b, t, n, h = tuple(spec or ()) + (None,) * (4 - len(spec or ()))
+  rows, whole = local_rows((*g_q_BTNH.shape[:2], H), None if spec is None else P(b, t, h))
   fits = whole and rope_gpu.supported(rows, H)
   if implementation == "pallas" and not fits:
     raise ValueError(f"rope implementation 'pallas' needs the head dimension whole on each "
@@ -56,7 +47,6 @@ def rotate_back_stacked(g_q_BTNH, g_k_BTNH, cos_BTF, sin_BTF, *, spec=None,
     return kernel(g_q_BTNH, g_k_BTNH, cos_BTF, sin_BTF)
   # shard_map keeps XLA from gathering the rows for the custom call; every row and head is
   # independent, so each device rotates its own.
-  b, t, n, _ = tuple(spec) + (None,) * (4 - len(spec))
   return jax.shard_map(kernel, mesh=jax.sharding.get_abstract_mesh(),
                        in_specs=(spec, spec, P(b, t, None), P(b, t, None)),
                        out_specs=P(b, t, None, n, None), check_vma=False)(

@@ -68,18 +68,28 @@ def category(kernel_name: str) -> str:
   return "elementwise/other fusions"
 
 
-def _trace_ops(trace_path: str):
-  """The op events of a trace file (see _op_events)."""
+def _trace_events(trace_path: str) -> list:
+  """Every event of a trace file."""
   with gzip.open(trace_path, "rt") as f:
     doc = json.load(f)
-  return _op_events(doc["traceEvents"] if isinstance(doc, dict) else doc)
+  return doc["traceEvents"] if isinstance(doc, dict) else doc
+
+
+def _device_pids(events) -> set:
+  """The process ids of the trace's devices (GPU/TPU streams live under them)."""
+  return {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+          and e["args"]["name"].startswith("/device:")}
+
+
+def _trace_ops(trace_path: str):
+  """The op events of a trace file (see _op_events)."""
+  return _op_events(_trace_events(trace_path))
 
 
 def _op_events(events):
   """Complete events that ran on a device (GPU/TPU streams), else XLA's CPU executor threads."""
   meta = [e for e in events if e.get("ph") == "M"]
-  device_pids = {e["pid"] for e in meta if e.get("name") == "process_name"
-                 and e["args"]["name"].startswith("/device:")}
+  device_pids = _device_pids(events)
   ops = [e for e in events if e.get("ph") == "X" and e["pid"] in device_pids]
   if ops:
     return ops
@@ -143,11 +153,8 @@ def host_events(trace_path: str, num_steps: int, top: int = 10) -> list:
   """[(name, ms per step, calls per step)] of the host's trace events (the runtime's annotations:
   dispatch, launches, waits), longest total first: where the host spends the steps, e.g. how
   long it blocks before the device has room for another step. Nested events count in full."""
-  with gzip.open(trace_path, "rt") as f:
-    doc = json.load(f)
-  events = doc["traceEvents"] if isinstance(doc, dict) else doc
-  device_pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") ==
-                 "process_name" and e["args"]["name"].startswith("/device:")}
+  events = _trace_events(trace_path)
+  device_pids = _device_pids(events)
   total, calls = collections.Counter(), collections.Counter()
   for e in events:
     if e.get("ph") == "X" and e.get("pid") not in device_pids:
@@ -164,7 +171,8 @@ def format_host_events(rows: list) -> str:
 
 def format_idle(idle: dict) -> str:
   lines = [f"device timeline per step (steps issued back to back): {idle['span_ms']:.2f} ms = "
-           f"busy {idle['busy_ms']:.2f} + idle {idle['idle_ms']:.2f}", "", "| kernel before | kernel after | idle ms/step | "
+           f"busy {idle['busy_ms']:.2f} + idle {idle['idle_ms']:.2f}", "",
+           "| kernel before | kernel after | idle ms/step | "
            "gaps/step |", "|---|---|---|---|"]
   lines += [f"| `{b[:60]}` | `{a[:60]}` | {ms:.3f} | {k:g} |" for b, a, ms, k in idle["gaps"]]
   return "\n".join(lines)
@@ -320,9 +328,9 @@ def elements_per_thread(hlo_text: str, thunk_sequence: str, min_elements: int = 
   thunk_sequence is the `*thunk_sequence.txt` that XLA writes with --xla_dump_to, where each
   launch is listed under its kernel's name ('.' written '_'; kernels XLA deduplicated share
   one). XLA's loop kernels take 4 or more elements a thread, in vector loads; its concatenate
-  kernels (2026-11) take one element of each operand a thread and move the same bytes at about
-  half the bandwidth (docs/performance.md, eighth measurement), which kernel_traffic's bytes
-  cannot show."""
+  kernels (2026-11) take one element of each operand a thread. A lead, not a verdict: the
+  stacked RoPE gradient's concatenate ran at half the bandwidth, but rewritten as a loop kernel
+  with 4 elements a thread it was slower still (docs/performance.md, ninth measurement)."""
   threads, launches = {}, collections.Counter()
   for m in _LAUNCH.finditer(thunk_sequence):
     threads[m.group(1)] = math.prod(int(g) for g in m.groups()[1:])
