@@ -1,0 +1,58 @@
+"""Backend choice shared by every op: one spelling of "choose for me", one order, one error.
+
+An op lists its backends in the order it prefers them on each platform. Each backend is a
+module (or any object) with `unsupported_reason(**call) -> str | None`, saying why it cannot
+take a call (None when it can). `choose` walks that order; no backend ever calls another.
+
+- `implementation=None` (or its alias `'auto'`, kept so that saved configs load): the first
+  backend of the platform's order that takes the call.
+- A backend's own name: that backend, or a ValueError with its reason.
+- A group name (e.g. `'pallas'`: our kernels on the platform): the first member that takes the
+  call, or a ValueError with every member's reason.
+"""
+from collections.abc import Mapping, Sequence
+
+import jax
+
+AUTO = "auto"
+
+
+def normalize(op: str, implementation, names: Sequence[str]):
+  """None for "choose" (None or 'auto'), else `implementation` if it is one of `names`."""
+  if implementation is None or implementation == AUTO:
+    return None
+  if implementation not in names:
+    raise ValueError(f"{op} implementation={implementation!r} is unknown; choose None (the "
+                     f"fastest that fits) or one of {', '.join(map(repr, names))}.")
+  return implementation
+
+
+def platform() -> str:
+  """'cpu', 'gpu' or 'tpu': where the computation being traced runs."""
+  return jax.default_backend()
+
+
+def choose(op: str, implementation, backends: Mapping[str, object], order: Sequence[str],
+           groups: Mapping[str, Sequence[str]] | None = None, **call) -> str:
+  """The name of the backend that runs `call`.
+
+  backends: name -> backend (with `unsupported_reason(**call)`); order: the names tried, best
+  first, when implementation is None; groups: group name -> member names, tried in order.
+  """
+  groups = dict(groups or {})
+  implementation = normalize(op, implementation, (*backends, *groups))
+  if implementation is None:
+    candidates, explicit = order, False
+  else:
+    candidates, explicit = groups.get(implementation, (implementation,)), True
+  reasons = {}
+  for name in candidates:
+    reason = backends[name].unsupported_reason(**call)
+    if reason is None:
+      return name
+    reasons[name] = reason
+  why = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
+  if explicit:
+    raise ValueError(f"{op} implementation={implementation!r} cannot take this call ({why}); "
+                     "pass implementation=None to choose one that can.")
+  raise ValueError(f"no {op} backend takes this call on {platform()} ({why}).")
