@@ -1,4 +1,5 @@
-"""The device-time summary of a profiler trace (ssmax_jax.train.profiling)."""
+"""The device-time summary of a profiler trace (ssmax_jax.train.profiling) and the developer's
+analysis of traces and compiled HLO (benchmarks.trace_analysis, benchmarks.hlo_analysis)."""
 import gzip
 import json
 
@@ -6,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from benchmarks import hlo_analysis
+from benchmarks import trace_analysis
 from ssmax_jax.train import profiling
 
 
@@ -43,13 +46,13 @@ def test_device_idle_counts_every_gap_of_back_to_back_steps(tmp_path):
                kernel("norm", start + 180, 20)]
   path = tmp_path / "perfetto_trace.json.gz"
   _write_trace(path, events)
-  idle = profiling.device_idle(str(path), num_steps=2)
+  idle = trace_analysis.device_idle(str(path), num_steps=2)
   assert idle["span_ms"] == pytest.approx(0.225)  # [0, 450) over two steps
   assert idle["busy_ms"] == pytest.approx(0.170)  # [0, 150) and [180, 200) merged per step
   assert idle["idle_ms"] == pytest.approx(0.055)  # 2 x 30 us inside, 50 us between, per step
   assert idle["gaps"] == [("fmha", "norm", pytest.approx(0.030), 1.0),
                           ("norm", "gemm", pytest.approx(0.025), 0.5)]
-  text = profiling.format_idle(idle)
+  text = trace_analysis.format_idle(idle)
   assert "0.23 ms = busy 0.17 + idle 0.06" in text and "| `norm` | `gemm` | 0.025 | 0.5 |" in text
 
 
@@ -61,21 +64,21 @@ def test_host_events_sum_the_host_annotations_by_name(tmp_path):
                    event("Execute", 2, 1000, 600), event("BlockHostUntilReady", 2, 1600, 100)]
   path = tmp_path / "perfetto_trace.json.gz"
   _write_trace(path, events)
-  rows = profiling.host_events(str(path), num_steps=2)
+  rows = trace_analysis.host_events(str(path), num_steps=2)
   assert rows == [("Execute", pytest.approx(0.5), 1.0),
                   ("BlockHostUntilReady", pytest.approx(0.05), 0.5)]
-  assert "| `Execute` | 0.500 | 1 |" in profiling.format_host_events(rows)
+  assert "| `Execute` | 0.500 | 1 |" in trace_analysis.format_host_events(rows)
 
 
 def test_trace_steps_on_this_machine(tmp_path):
   f = jax.jit(lambda x: jnp.tanh(x @ x))
   x = jnp.ones((256, 256))
   f(x).block_until_ready()
-  path = profiling.trace_steps(lambda: f(x), 2, str(tmp_path))
+  path = trace_analysis.trace_steps(lambda: f(x), 2, str(tmp_path))
   summary = profiling.device_time_by_kernel(path, 2)
   assert summary["per_step_ms"] > 0 and summary["kernels"]
   with pytest.raises(ValueError, match="num_steps=0"):
-    profiling.trace_steps(lambda: None, 0, str(tmp_path))
+    trace_analysis.trace_steps(lambda: None, 0, str(tmp_path))
 
 
 def _two_fusions(x):
@@ -90,7 +93,7 @@ def test_fusion_sources_name_the_code_of_each_kernel(tmp_path):
   f = jax.jit(_two_fusions)
   x = jnp.ones((128, 128))
   f(x).block_until_ready()
-  sources = profiling.fusion_sources(f.lower(x).compile().as_text())
+  sources = hlo_analysis.fusion_sources(f.lower(x).compile().as_text())
   assert sources, "no fusion found in the compiled module"
   here = f"test_profiling.py:{{}} _two_fusions"
   assert set(sources.values()) <= {here.format(line_a), here.format(line_b),
@@ -98,18 +101,18 @@ def test_fusion_sources_name_the_code_of_each_kernel(tmp_path):
                                    f"{here.format(line_b)}, {here.format(line_a)}"}
   assert any(here.format(line_b) in v for v in sources.values())
   # The kernels of a trace of the same function find their source (names as the trace has them).
-  path = profiling.trace_steps(lambda: f(x), 1, str(tmp_path))
+  path = trace_analysis.trace_steps(lambda: f(x), 1, str(tmp_path))
   summary = profiling.device_time_by_kernel(path, 1)
   table = profiling.format_summary(summary, sources=sources)
   assert "| source |" in table and here.format(line_b) in table
-  assert profiling.fusion_sources("") == {}
+  assert hlo_analysis.fusion_sources("") == {}
 
 
 def test_fusion_sources_prefer_the_library_frame():
   from ssmax_jax.nn.layers import rope
   g = jax.jit(lambda x: rope(x, jnp.broadcast_to(jnp.arange(16), (2, 16)), 10000.0) * 3.0)
   x = jnp.ones((2, 16, 4, 8))
-  sources = profiling.fusion_sources(g.lower(x).compile().as_text())
+  sources = hlo_analysis.fusion_sources(g.lower(x).compile().as_text())
   assert any("ssmax_jax/nn/layers.py:" in v and " rope" in v for v in sources.values())
 
 
@@ -134,12 +137,12 @@ ENTRY %main.1 (x: bf16[4,8], w: bf16[8,8]) -> (bf16[4,8], f32[4]) {
 
 
 def test_kernel_traffic_counts_operands_and_outputs_of_unfused_kernels():
-  traffic = profiling.kernel_traffic(_HLO)
+  traffic = hlo_analysis.kernel_traffic(_HLO)
   # two add fusions: 2 operands + 1 output of 64 bytes each; the GEMM is left out; the Triton
   # call reads 64 bytes and writes a 64-byte and a 16-byte output
   assert traffic == {"loop_add_fusion": (2 * 3 * 64, 2), "__gpu$xla.gpu.triton": (144, 1)}
-  assert "0.00 GB" in profiling.format_traffic(traffic)
-  assert "__cublas$lt$matmul" in profiling.kernel_traffic(_HLO, skip=())
+  assert "0.00 GB" in hlo_analysis.format_traffic(traffic)
+  assert "__cublas$lt$matmul" in hlo_analysis.kernel_traffic(_HLO, skip=())
 
 
 _THUNKS = """\
@@ -153,6 +156,6 @@ _THUNKS = """\
 def test_elements_per_thread_ranks_xla_kernels_by_their_launch_dimensions():
   # 32 output elements: 8 threads take 4 each, 32 threads 1 each (the thin one, listed first,
   # with both of its launches); custom calls (GEMM, Triton) are not XLA's emitters: left out
-  assert profiling.elements_per_thread(_HLO, _THUNKS, min_elements=1) == [
+  assert hlo_analysis.elements_per_thread(_HLO, _THUNKS, min_elements=1) == [
       ("loop_add_fusion.8", 32, 32, 2), ("loop_add_fusion.7", 32, 8, 1)]
-  assert profiling.elements_per_thread(_HLO, _THUNKS, min_elements=33) == []
+  assert hlo_analysis.elements_per_thread(_HLO, _THUNKS, min_elements=33) == []

@@ -425,7 +425,7 @@ def test_cpu_tiny_end_to_end(tmp_path):
 
 
 def test_needle_probe_fine_tunes_each_budget_from_one_pretraining(tmp_path):
-  args = [sys.executable, "-m", "experiments.needle_probe", "--preset=cpu_tiny",
+  args = [sys.executable, "-m", "benchmarks.needle_probe", "--preset=cpu_tiny",
           "--pretrain_tokens=3200", "--multiples=5", "--trials=2", f"--workdir={tmp_path / 'w'}",
           f"--data_dir={tmp_path / 'data'}"]
   r = subprocess.run(args + ["--settings=1e-3:2,3e-3:3"], cwd=ROOT, capture_output=True,
@@ -442,7 +442,7 @@ def test_needle_probe_fine_tunes_each_budget_from_one_pretraining(tmp_path):
 
 
 def test_needle_probe_choice_reads_only_the_baseline_at_1x():
-  from experiments.needle_probe import choose
+  from benchmarks.needle_probe import choose
   row = lambda lr, steps, at1, at2: (lr, steps, 3.0, 10.0, {1.0: [0.9, 0.9], 50.0: [at1, at2]})
   rows = [row(3e-4, 500, 0.6, 0.0), row(1e-4, 500, 0.5, 0.0), row(2e-5, 500, 0.2, 0.9),
           row(1e-3, 300, 0.4, 1.0)]

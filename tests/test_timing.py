@@ -1,7 +1,7 @@
-"""The benchmark scripts' settings parser (experiments/timing.py)."""
+"""The benchmark scripts' settings parser (benchmarks/timing.py)."""
 import pytest
 
-from experiments.timing import parse_settings
+from benchmarks.timing import parse_settings
 
 FIELDS = ("block_rows", "block_vocab", "num_warps", "num_stages")
 

@@ -1,8 +1,8 @@
 """The training loss's per-chunk work alone: log-sum-exp, target logit and (softmax - onehot) over
 materialised logits [rows, vocab], by the Pallas kernel at several tile settings and by XLA.
 
-  python -m experiments.bench_loss_kernel                                  # H200: 8,192 x 50,304
-  python -m experiments.bench_loss_kernel --rows=64 --vocab=1000 --tiles=8:256:4 --steps=1
+  python -m benchmarks.bench_loss_kernel                                  # H200: 8,192 x 50,304
+  python -m benchmarks.bench_loss_kernel --rows=64 --vocab=1000 --tiles=8:256:4 --steps=1
                                                                            # CPU (interpret mode)
 
 Counted floor: the gradient needs the final normaliser, so the logits are read twice and the
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from absl import app
 from absl import flags
 
-from experiments.timing import max_abs_diff, mean_ms, parse_settings
+from benchmarks.timing import max_abs_diff, mean_ms, parse_settings
 from ssmax_jax.kernels import cross_entropy_gpu
 from ssmax_jax.train.loss import xla_loss_and_grad
 

@@ -1,8 +1,8 @@
 """The residual add + RMSNorm alone, forward and forward + backward, by the Pallas kernel at
 several tile settings and by XLA (the paper step runs it 25 times: 12 blocks x 2 norms + final).
 
-  python -m experiments.bench_norm_kernel                               # H200: 32,768 x 768 bf16
-  python -m experiments.bench_norm_kernel --rows=64 --width=96 --tiles=8:4:2 --steps=1   # CPU
+  python -m benchmarks.bench_norm_kernel                               # H200: 32,768 x 768 bf16
+  python -m benchmarks.bench_norm_kernel --rows=64 --width=96 --tiles=8:4:2 --steps=1   # CPU
 
 Counted floor, in tensors of [rows, width]: the forward reads x and delta and writes the sum
 and the norm (4); the backward reads the sum, d_y and d_sum and writes d_x (4). GB/s below counts
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from absl import app
 from absl import flags
 
-from experiments.timing import max_abs_diff, mean_ms, parse_settings
+from benchmarks.timing import max_abs_diff, mean_ms, parse_settings
 from ssmax_jax.kernels import rms_norm_gpu
 
 _ROWS = flags.DEFINE_integer("rows", 32768, "Rows (tokens of one step).")

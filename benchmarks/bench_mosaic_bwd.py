@@ -5,7 +5,7 @@ For each B,T,N,K,H (causal bf16) and each Tiles variant: the forward, the whole 
 dropped, so XLA removes it), in ms and TFLOP/s counting 2.5x the forward's 4*B*N*T^2*H/2
 for the backward. The gradients are compared with triton_gpu.backward on the same residuals.
 
-  PYTHONPATH=. python3 -m experiments.bench_mosaic_bwd --shapes='1,16384,16,16,128'
+  python -m benchmarks.bench_mosaic_bwd --shapes='1,16384,16,16,128'
 """
 import json
 import math
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.timing import median_s
+from benchmarks.timing import median_s
 from ssmax_jax.kernels import mosaic_gpu, triton_gpu
 
 FLAGS = flags.FLAGS

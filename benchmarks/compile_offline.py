@@ -1,12 +1,12 @@
 """Compiles the paper model's train step for an H200 on a machine without a GPU, and counts the
-traffic of its memory-bound kernels (ssmax_jax.train.profiling.kernel_traffic).
+traffic of its memory-bound kernels (benchmarks.hlo_analysis.kernel_traffic).
 
-XLA makes the same fusion decisions here as on the device (2026-11-29: the paper step's kernels
-matched a compile on the H200 one for one, cuBLAS workspace sizes aside; docs/performance.md,
-seventh measurement), so a rewrite of the step can be counted before it costs device time.
-Needs JAX's CUDA plugin in the environment, no GPU (docs/WORKSPACE.md):
+XLA makes the same fusion decisions here as on the device (the paper step's kernels match a
+compile on the H200 one for one, cuBLAS workspace sizes aside: no autotuning here), so a rewrite
+of the step can be counted before it costs device time. Needs JAX's CUDA plugin in the
+environment, no GPU (docs/dev/workspace.md):
 
-  python -m experiments.compile_offline --out=/tmp/after.hlo --compare=/tmp/before.hlo
+  python -m benchmarks.compile_offline --out=/tmp/after.hlo --compare=/tmp/before.hlo
 """
 import glob
 import os
@@ -80,9 +80,9 @@ def compile_step(config):
 
 def main(argv):
   del argv
+  from benchmarks import hlo_analysis
   from configs import paper_162m
   from ssmax_jax.train import config as config_lib
-  from ssmax_jax.train import profiling
 
   config = paper_162m.get_config()
   config.model.attention = _ATTENTION.value
@@ -97,14 +97,15 @@ def main(argv):
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value, "w") as f:
     f.write(text)
-  print(f"{_OUT.value}\n" + profiling.format_traffic(profiling.kernel_traffic(text), _TOP.value))
+  print(f"{_OUT.value}\n"
+        + hlo_analysis.format_traffic(hlo_analysis.kernel_traffic(text), _TOP.value))
   # The state is donated, so its buffers are reused for the outputs: arguments + temporaries.
   print(f"device memory: {memory.argument_size_in_bytes / 2**30:.2f} GiB of state and batch, "
         f"{memory.temp_size_in_bytes / 2**30:.2f} GiB of temporaries")
   thunks = sorted(glob.glob(os.path.join(dump, "*jit_step*thunk_sequence.txt")))
   if thunks and _THIN.value:
     with open(thunks[0]) as f:
-      thin = profiling.elements_per_thread(text, f.read())
+      thin = hlo_analysis.elements_per_thread(text, f.read())
     print("\n| kernel | launches | elements | threads | elements per thread |\n"
           "|---|---|---|---|---|")
     for name, elements, threads, count in thin[:_THIN.value]:
@@ -113,8 +114,8 @@ def main(argv):
     with open(_COMPARE.value) as f:
       before = f.read()
     print(f"\n{_COMPARE.value}\n"
-          + profiling.format_traffic(profiling.kernel_traffic(before), _TOP.value))
-    old, new = (profiling.kernel_traffic(t, skip=()) for t in (before, text))
+          + hlo_analysis.format_traffic(hlo_analysis.kernel_traffic(before), _TOP.value))
+    old, new = (hlo_analysis.kernel_traffic(t, skip=()) for t in (before, text))
     print("\n| kernel | before: kernels, GB | now: kernels, GB |\n|---|---|---|")
     for name in sorted(set(old) | set(new)):
       (ob, ok), (nb, nk) = old.get(name, (0, 0)), new.get(name, (0, 0))

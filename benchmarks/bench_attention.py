@@ -7,7 +7,7 @@ forward+backward (grad of q, k, v and, for SSMax, s) median of 20 calls, TFLOP/s
 the process's peak device bytes so far. Our outputs are checked against cuDNN at each shape
 before timing. Prints a markdown table last and writes the rows as JSON to --out_json.
 
-  PYTHONPATH=. python3 experiments/bench_attention.py --out_json=/tmp/bench.json
+  python -m benchmarks.bench_attention --out_json=/tmp/bench.json
 """
 import json
 import math
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.timing import median_s
+from benchmarks.timing import median_s
 from ssmax_jax.kernels import triton_gpu
 
 FLAGS = flags.FLAGS

@@ -1,11 +1,11 @@
 """Training throughput of configs/paper_162m.py on one device: tokens/s and MFU of the full
 train step (forward, fused chunked loss, backward, AdamW) on random tokens, batch 32 x 1024.
 
-  python -m experiments.bench_train                       # the default set of configurations
-  python -m experiments.bench_train --attention=ssmax --vocab_pad=64 --chunk=8192,32768
-  python -m experiments.bench_train --small               # CPU smoke test with a tiny model
-  python -m experiments.bench_train --model=h200_small --batch=128 --breakdown \
-      --pipeline_data=DIR --workers=4,8 --real_tokens       # issue 6's preset on real text
+  python -m benchmarks.bench_train                       # the default set of configurations
+  python -m benchmarks.bench_train --attention=ssmax --vocab_pad=64 --chunk=8192,32768
+  python -m benchmarks.bench_train --small               # CPU smoke test with a tiny model
+  python -m benchmarks.bench_train --model=h200_small --batch=128 --breakdown \
+      --pipeline_data=DIR --workers=4,8 --real_tokens       # the reproduction's preset, real text
 
 --dump_hlo=DIR writes each configuration's compiled step (optimized HLO) there;
 --breakdown adds the loss forward alone and forward+backward without the optimizer;
@@ -31,7 +31,9 @@ from absl import flags
 
 from configs import paper_162m
 from configs import reproduce
-from experiments.timing import mean_ms
+from benchmarks import hlo_analysis
+from benchmarks import trace_analysis
+from benchmarks.timing import mean_ms
 from ssmax_jax import data as data_lib
 from ssmax_jax.models.transformer import count_params
 from ssmax_jax.train import config as config_lib
@@ -66,7 +68,7 @@ _XLA_FLAGS = flags.DEFINE_string("xla_flags", "paper", "XLA flags for the whole 
 _SMALL = flags.DEFINE_bool("small", False, "A tiny model for a CPU smoke test.")
 _MODEL = flags.DEFINE_enum("model", "paper_162m", ["paper_162m", "h200_small"],
                            "The model: configs/paper_162m.py, or the h200_small preset of "
-                           "configs/reproduce.py (issue 6's recipe).")
+                           "configs/reproduce.py (the reproduction's recipe).")
 _PIPELINE = flags.DEFINE_string("pipeline_data", "", "A prepared data directory: also time the "
                                 "grain input pipeline alone at the batch of the configuration.")
 _REAL = flags.DEFINE_bool("real_tokens", False, "Time the step on a batch of --pipeline_data "
@@ -163,11 +165,11 @@ def measure(config, name="step") -> dict:
       def one_step():
         st.leaves, m = step_fn(st.leaves, batch)
         return m
-      path = profiling.trace_steps(one_step, _PROFILE.value, _PROFILE_DIR.value)
+      path = trace_analysis.trace_steps(one_step, _PROFILE.value, _PROFILE_DIR.value)
       profile = profiling.device_time_by_kernel(path, _PROFILE.value)
-      profile["sources"] = profiling.fusion_sources(hlo)
-      profile["idle"] = profiling.device_idle(path, _PROFILE.value, top=_PROFILE_TOP.value)
-      profile["host"] = profiling.host_events(path, _PROFILE.value, top=_PROFILE_TOP.value)
+      profile["sources"] = hlo_analysis.fusion_sources(hlo)
+      profile["idle"] = trace_analysis.device_idle(path, _PROFILE.value, top=_PROFILE_TOP.value)
+      profile["host"] = trace_analysis.host_events(path, _PROFILE.value, top=_PROFILE_TOP.value)
   num_params = count_params(st.objects()[0])
   tps = B * T / dt
   peak = trainer._peak_flops(config)
@@ -258,8 +260,8 @@ def main(argv):
     if r["profile"] is not None:
       print(profiling.format_summary(r["profile"], top=_PROFILE_TOP.value,
                                      sources=r["profile"]["sources"]), flush=True)
-      print(profiling.format_idle(r["profile"]["idle"]), flush=True)
-      print(profiling.format_host_events(r["profile"]["host"]), flush=True)
+      print(trace_analysis.format_idle(r["profile"]["idle"]), flush=True)
+      print(trace_analysis.format_host_events(r["profile"]["host"]), flush=True)
     rows.append((name, r))
   # Then the host's ms inside step_fn per step, and the step when each is waited for.
   print("\n| configuration | step ms | tokens/s | MFU | host ms in step_fn | ms, each waited for "

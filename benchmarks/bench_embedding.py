@@ -1,8 +1,8 @@
 """Time of the embedding's backward (a scatter-add into the table) on real text against random
 token ids, for the ways of writing it: why the model gathers from the float32 table.
 
-  python -m experiments.bench_embedding --data=DIR --d_model=256 --batch=128   # h200_small
-  python -m experiments.bench_embedding --data=shakespeare --batch=2           # CPU smoke test
+  python -m benchmarks.bench_embedding --data=DIR --d_model=256 --batch=128   # h200_small
+  python -m benchmarks.bench_embedding --data=shakespeare --batch=2           # CPU smoke test
 
 Real text repeats a few ids thousands of times per batch (GPT-2's ' ' in Python sources: a third
 of the tokens), so every write of the scatter goes to the same few rows. Prints ms per backward.
@@ -14,7 +14,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from experiments.timing import mean_ms
+from benchmarks.timing import mean_ms
 from ssmax_jax import data as data_lib
 
 _DATA = flags.DEFINE_string("data", "shakespeare", "A prepared GPT-2 data directory (prep_data).")

@@ -1,8 +1,8 @@
 """RoPE's transpose on the q and k gradients, written stacked, alone: the Pallas kernel at
 several tile settings against XLA (the paper step runs it once per layer, 12 times).
 
-  python -m experiments.bench_rope_kernel                        # H200: 32 x 1,024 rows, 12 x 64
-  python -m experiments.bench_rope_kernel --batch=2 --seq=16 --heads=2 --tiles=8:4 --steps=1  # CPU
+  python -m benchmarks.bench_rope_kernel                        # H200: 32 x 1,024 rows, 12 x 64
+  python -m benchmarks.bench_rope_kernel --batch=2 --seq=16 --heads=2 --tiles=8:4 --steps=1  # CPU
 
 Counted floor: read g_q and g_k, write the stacked gradient (4 arrays of [rows, heads x H]),
 plus cos and sin [rows, H/2] float32; GB/s below counts those bytes, against the card's ~4.8
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from absl import app
 from absl import flags
 
-from experiments.timing import max_abs_diff, mean_ms, parse_settings
+from benchmarks.timing import max_abs_diff, mean_ms, parse_settings
 from ssmax_jax.kernels import rope_gpu
 from ssmax_jax.nn.layers import rope_cos_sin
 

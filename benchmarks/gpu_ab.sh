@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # On the device: the paper SSMax step of the working tree and of every tree under .devcarry/ab
-# (scripts/ab_prepare.sh), each twice, in the order A B ... then ... B A so that a drift of the
+# (benchmarks/ab_prepare.sh), each twice, in the order A B ... then ... B A so that a drift of the
 # machine's clock over the call does not favour one; the anchors of .devcarry/bench in between.
 # Only comparisons within one call hold (docs/performance.md). Logs: $OUT/ab.log, anchors.log.
-# Usage: bash scripts/gpu_ab.sh [bench_train flags, e.g. --steps=50]
-source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh" gpu_ab
+# Usage, from the repo root: bash benchmarks/gpu_ab.sh [bench_train flags, e.g. --steps=50]
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/device_env.sh" gpu_ab
 trees=(. .devcarry/ab/*)
 site="${PYTHONPATH%%:*}"  # the carried wheels, if device_env.sh installed them
 step() {  # tree, then bench_train flags

@@ -1,9 +1,9 @@
-"""Calibrates the recipe's needle fine-tuning budget (issue 6) on the softmax baseline, before any
-variant is compared: pretrains softmax on the preset's corpus for --pretrain_tokens, then for each
+"""Calibrates the recipe's needle fine-tuning budget on the softmax baseline, before any variant
+is compared: pretrains softmax on the preset's corpus for --pretrain_tokens, then for each
 --settings entry LR:STEPS fine-tunes it as the recipe does (configs/reproduce.py,
 recipe.needle_finetune) and reads the needle grid at --multiples, RoPE θ ×1 and ×50.
 
-  python -m experiments.needle_probe --preset=h200_small --pretrain_tokens=1.31e8 \
+  python -m benchmarks.needle_probe --preset=h200_small --pretrain_tokens=1.31e8 \
       --settings=2e-5:500,1e-4:500,3e-4:500 --workdir=/tmp/probe --data_dir=/tmp/data
 
 The rule (docs/reproduce.md): take the cheapest budget at which the softmax baseline retrieves
