@@ -1,4 +1,7 @@
-"""Gathers evaluation JSON files (common.FORMAT) from run directories into one markdown page."""
+"""Gathers evaluation JSON files (common.FORMAT) from run directories into one markdown page.
+
+write_page and relative_to_page also write the reproduction's results page
+(ssmax_jax.reproduce.page)."""
 import datetime
 import glob
 import os
