@@ -1,19 +1,21 @@
-"""Presets of the one-command reproduction (issue 6): a training config plus `recipe` settings.
+"""Presets of the one-command reproduction: a training config plus `recipe` settings.
 
   python -m experiments.reproduce --preset=h200_small --variant=ssmax --out=DIR \
       [--config.recipe.tokens=5e8] [--config.train.batch_size=128] [--config.model.d_model=256]
 
 `--preset=NAME` loads `get_config(NAME)`; any key below can be overridden with `--config.KEY=VALUE`
 (the training keys are those of ssmax_jax/train/config.py, `recipe` is read by
-ssmax_jax/evals/recipe.py and removed before training). train.num_steps is not set here: it is
+ssmax_jax/reproduce/ and removed before training). train.num_steps is not set here: it is
 derived from recipe.tokens / (train.batch_size x train.seq_len).
 
 Presets:
 - cpu_tiny: byte-level Shakespeare, a 2-layer model, a few steps and small evaluation grids;
   well under a minute on a 2-core CPU (the CPU test).
-- h200_small: the issue's scale on one H200 in one 10-minute call: a 34M-parameter model (GPT-2
-  BPE, vocabulary padded to 50,304), sequence 1,024, 0.5B tokens, on the Python sources of the
-  machine's site-packages. Batch and model size are starting values to calibrate on the GPU.
+- h200_small: the claims' scale (0.5B tokens at sequence >= 512: MIN_TOKENS, MIN_SEQ_LEN of
+  ssmax_jax/reproduce/variants.py) on one H200 in one 10-minute call: a 34M-parameter model
+  (GPT-2 BPE, vocabulary padded to 50,304), sequence 1,024, 0.5B tokens, on the Python sources
+  of the machine's site-packages. Batch and model size are starting values to calibrate on the
+  GPU.
 - paper_162m: the paper's model and optimizer (Tables 1, 2) on the same corpus; for multi-GPU
   hosts and clusters (docs/reproduce.md), not one device call.
 """
@@ -100,17 +102,19 @@ def get_config(preset="h200_small"):
                    attention="softmax", dtype="bfloat16", param_dtype="float32",
                    vocab_pad_multiple=64)
     c.data.update(tokenizer="gpt2", packing=False, worker_count=4)
-    # bf16 logits: the loss is half of this small model's step; 10% faster on the H200
-    # (docs/performance.md), the rounding the torch and JAX anchors' losses have too. The Pallas
-    # loss kernel: 9% faster again there; GPU only (TPU: --config.train.loss_implementation=xla).
+    # bf16 logits: the loss is half of this small model's step; 10% faster on the H200, the
+    # rounding the torch and JAX anchors' losses have too (bench_train --model=h200_small
+    # --batch=128 --vocab_pad=64 --logits_dtype=float32,bfloat16). The Pallas loss kernel: 9%
+    # faster again there (scripts/reproduce_calibration.sh); GPU only (TPU:
+    # --config.train.loss_implementation=xla).
     c.train.update(batch_size=128, seq_len=1024, grad_accum_steps=1, log_every=100,
                    progress_bar=False, loss_chunk_tokens=8192, loss_logits_dtype="bfloat16",
                    loss_implementation="pallas")
     c.optimizer.update(lr=6e-4, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0,
                        schedule="constant", warmup_steps=200)
     c.recipe = _recipe(loss_from_prefix=True)
-    # The paper's 2e-5 left this model's softmax baseline unable to retrieve at 1x; 3e-4 is
-    # experiments/needle_probe.py's choice on the H200 (docs/reproduce.md).
+    # The paper's 2e-5 left this model's softmax baseline unable to retrieve at 1x; 3e-4 is the
+    # needle probe's choice on the H200 (scripts/reproduce_calibration.sh prints it).
     c.recipe.needle_finetune.lr = 3e-4
     c.recipe.train_minutes = 6.5  # of a 10-minute call: prep, compile and evals take the rest
   else:  # paper_162m

@@ -1,4 +1,4 @@
-"""One command per variant of the paper (issue 6): prepare the corpus, train, evaluate, summarise.
+"""One command per variant of the paper: prepare the corpus, train, evaluate, summarise.
 
   python -m experiments.reproduce --preset=h200_small --variant=ssmax --out=DIR \
       [--config.recipe.tokens=5e8] [--config.train.batch_size=128] [--config.model.d_model=256]
@@ -20,13 +20,14 @@ from ml_collections import config_flags
 
 from configs import reproduce as presets
 from ssmax_jax import train as train_lib
-from ssmax_jax.evals import recipe
+from ssmax_jax.reproduce import variants
+from ssmax_jax.reproduce.run import run
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Set by --preset (configs/reproduce.py:NAME); override keys with "
     "--config.KEY=VALUE.", lock_config=True)
 _PRESET = flags.DEFINE_string("preset", None, f"One of {', '.join(presets.PRESETS)}.")
-_VARIANT = flags.DEFINE_string("variant", None, f"One of {', '.join(recipe.RUNNABLE)}.")
+_VARIANT = flags.DEFINE_string("variant", None, f"One of {', '.join(variants.RUNNABLE)}.")
 _OUT = flags.DEFINE_string("out", None, "Directory for summary.json and the evaluation results.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Checkpoints and full evaluation outputs (default "
                                "workdirs/reproduce/PRESET); an existing run there is resumed.")
@@ -63,9 +64,9 @@ def main(argv):
   command = "python -m experiments.reproduce " + shlex.join(sys.argv[1:])
   workdir = _WORKDIR.value or os.path.join("workdirs", "reproduce", _PRESET.value)
   try:
-    summary = recipe.run(_CONFIG.value, _VARIANT.value, _OUT.value, workdir=workdir,
-                         data_dir=_DATA_DIR.value, command=command,
-                         show_progress=_PROGRESS.value, train_only=_TRAIN_ONLY.value)
+    summary = run(_CONFIG.value, _VARIANT.value, _OUT.value, workdir=workdir,
+                  data_dir=_DATA_DIR.value, command=command, show_progress=_PROGRESS.value,
+                  train_only=_TRAIN_ONLY.value)
   except (ValueError, train_lib.NonFiniteLossError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -12,16 +12,16 @@ import sys
 from absl import app
 from absl import flags
 
-from ssmax_jax.evals import results
+from ssmax_jax.reproduce import claims, page, seeds, summary, variants
 
 RESULTS = flags.DEFINE_list("results", [], "--out directories of experiments.reproduce runs "
                             "(none: the page with every variant not run).")
 REPEATS = flags.DEFINE_list("repeats", [], "--out directories of runs that train a variant of "
                             "--results again with other --config.seed and --config.data.seed.")
 OUT = flags.DEFINE_string("out", "docs/results.md", "Markdown file to write.")
-MIN_TOKENS = flags.DEFINE_float("min_tokens", results.MIN_TOKENS,
+MIN_TOKENS = flags.DEFINE_float("min_tokens", variants.MIN_TOKENS,
                                 "Training tokens below which a variant counts as not run.")
-MIN_SEQ_LEN = flags.DEFINE_integer("min_seq_len", results.MIN_SEQ_LEN,
+MIN_SEQ_LEN = flags.DEFINE_integer("min_seq_len", variants.MIN_SEQ_LEN,
                                    "Sequence length below which a variant counts as not run.")
 
 
@@ -30,16 +30,16 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   command = "python -m experiments.reproduce_report " + shlex.join(sys.argv[1:])
   try:
-    found = results.gather(RESULTS.value)
-    repeats = results.gather_repeats(found, REPEATS.value)
-    results.render(found, OUT.value, repeats=repeats, min_tokens=MIN_TOKENS.value,
-                   min_seq_len=MIN_SEQ_LEN.value, command=command)
+    found = summary.gather(RESULTS.value)
+    repeats = seeds.gather_repeats(found, REPEATS.value)
+    page.render(found, OUT.value, repeats=repeats, min_tokens=MIN_TOKENS.value,
+                min_seq_len=MIN_SEQ_LEN.value, command=command)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  rws = results.rows(found, MIN_TOKENS.value, MIN_SEQ_LEN.value)
-  verdicts = results.claims(rws, results.seed_groups(rws, repeats, MIN_TOKENS.value,
-                                                     MIN_SEQ_LEN.value))
+  rws = summary.rows(found, MIN_TOKENS.value, MIN_SEQ_LEN.value)
+  verdicts = claims.claims(rws, seeds.seed_groups(rws, repeats, MIN_TOKENS.value,
+                                                  MIN_SEQ_LEN.value))
   print(f"wrote {OUT.value} from {len(found)} result directories and {len(repeats)} seed "
         "repeats; claims: " + ", ".join(
             c["verdict"] + (" (margins within seed noise)" if c["within_noise"] else "")

@@ -1,11 +1,11 @@
-"""The source digest of a run and the commit it is found in (ssmax_jax.evals.provenance)."""
+"""The source digest of a run and the commit it is found in (ssmax_jax.reproduce.provenance)."""
 import os
 import shutil
 import subprocess
 
 import pytest
 
-from ssmax_jax.evals import provenance
+from ssmax_jax.reproduce import provenance
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -70,3 +70,7 @@ def test_without_git(tmp_path):
   assert provenance.commit_with_digest(provenance.source_digest(str(tmp_path)),
                                        str(tmp_path)) is None
   assert provenance.git_state(str(tmp_path)) == (None, None)
+
+
+def test_root_is_the_repository():
+  assert provenance.ROOT == os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

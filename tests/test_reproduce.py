@@ -1,8 +1,12 @@
-"""The one-command reproduction (experiments.reproduce, ssmax_jax.evals.recipe/results): the claims
+"""The one-command reproduction (experiments.reproduce, ssmax_jax.reproduce): the claims
 logic on synthetic summaries, the corpus cache, the plan and its refusals (fast); one cpu_tiny
 variant end to end through the command lines (slow)."""
+import datetime
 import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +14,9 @@ import pytest
 
 from configs import reproduce as presets
 from ssmax_jax import data
-from ssmax_jax.evals import recipe, results
+from ssmax_jax.reproduce import (claims, metrics, page, plan, provenance, seeds, summary,
+                                 variants)
+from ssmax_jax.reproduce import run as run_lib
 from ssmax_jax.train import default_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,9 +28,9 @@ def _model(label, *, loss, rise50, needle10, kind="trained", tokens=int(5e8), se
   """A summary model entry: mean loss `loss` at 1x rising linearly to (1 + rise50) x at 20x
   (theta x50), needle accuracy needle1 at 1x and needle10 from 10x on (after needle
   fine-tuning, or zero-shot)."""
-  curve50 = {results.key(m): loss * (1 + rise50 * (m - 1) / 19) for m in MULTIPLES}
-  curve1 = {results.key(m): loss * (1 + 0.5 * (m - 1) / 19) for m in MULTIPLES}
-  acc = {results.key(m): needle1 if m < 10 else needle10 for m in MULTIPLES}
+  curve50 = {metrics.key(m): loss * (1 + rise50 * (m - 1) / 19) for m in MULTIPLES}
+  curve1 = {metrics.key(m): loss * (1 + 0.5 * (m - 1) / 19) for m in MULTIPLES}
+  acc = {metrics.key(m): needle1 if m < 10 else needle10 for m in MULTIPLES}
   tuned = dict(needle_finetune=dict(steps=500, batch_size=128, seq_len=1024)
                ) if needle_finetuned else {}
   return dict(kind=kind, attention=label, init_from=None, workdir="/w/" + label, steps=3815,
@@ -38,20 +44,20 @@ def _model(label, *, loss, rise50, needle10, kind="trained", tokens=int(5e8), se
 
 
 def _summary(variant, models, preset="h200_small"):
-  return dict(format=results.SUMMARY_FORMAT, variant=variant, preset=preset,
+  return dict(format=variants.FORMAT, variant=variant, preset=preset,
               command=f"python -m experiments.reproduce --preset={preset} --variant={variant}",
               created="2026-11-29T00:00:00+00:00",
               device=dict(platform="gpu", kind="NVIDIA H200", count=1),
               versions=dict(jax="0.11.2"), corpus=dict(name="site_packages", tokenizer="gpt2",
                                                       train_tokens=1, validation_tokens=1),
               recipe=dict(eval=dict(needle_trials=20)), models=models,
-              files=list(recipe.OUTPUT_FILES), wall_s=dict(total=500.0))
+              files=list(variants.OUTPUT_FILES), wall_s=dict(total=500.0))
 
 
-def _write(tmp_path, name, summary):
+def _write(tmp_path, name, doc):
   d = tmp_path / name
   d.mkdir()
-  (d / "summary.json").write_text(json.dumps(summary))
+  (d / "summary.json").write_text(json.dumps(doc))
   return str(d)
 
 
@@ -78,14 +84,14 @@ def _paper_like(tmp_path, **over):
 
 
 def _verdicts(dirs, **kw):
-  return [c["verdict"] for c in results.claims(results.rows(results.gather(dirs), **kw))]
+  return [c["verdict"] for c in claims.claims(summary.rows(summary.gather(dirs), **kw))]
 
 
 def test_claims_follow_the_numbers(tmp_path):
   dirs = _paper_like(tmp_path)
   assert _verdicts(dirs) == ["reproduced"] * 6
   out = tmp_path / "results.md"
-  text = results.render(results.gather(dirs), str(out), command="report")
+  text = page.render(summary.gather(dirs), str(out), command="report")
   assert out.read_text() == text
   assert "not run |" not in text and text.count("**reproduced**") == 6
   assert "(b) 2.9920 (-0.0080)" in text  # the numbers behind the verdict
@@ -96,7 +102,7 @@ def test_claims_follow_the_numbers(tmp_path):
   other = json.loads(open(os.path.join(dirs[1], "summary.json")).read())
   other["corpus"]["train_tokens"] = 2
   open(os.path.join(dirs[1], "summary.json"), "w").write(json.dumps(other))
-  assert "not train on the same corpus" in results.render(results.gather(dirs), str(out))
+  assert "not train on the same corpus" in page.render(summary.gather(dirs), str(out))
 
   # The opposite numbers: softmax better everywhere.
   worse = dict(ssmax=_model("ssmax", loss=3.1, rise50=0.4, needle10=0.0),
@@ -127,18 +133,18 @@ def test_missing_or_small_variants_are_not_run(tmp_path):
   v = _verdicts(no_b + [small_dir])
   assert v[1] == "not run"
   assert _verdicts(no_b + [small_dir], min_tokens=0) == ["reproduced"] * 6
-  text = results.render(results.gather(no_b + [small_dir]), str(tmp_path / "r.md"))
+  text = page.render(summary.gather(no_b + [small_dir]), str(tmp_path / "r.md"))
   assert "below the issue's scale: ssmax" in text and "below scale" in text
   cut = _model("ssmax", loss=2.99, rise50=0.0, needle10=0.9, tokens=int(3e8))
   cut.update(stopped_early=True, steps=2289, planned_steps=3815)  # recipe.train_minutes ran out
   cut_dir = _write(tmp_path, "cut", _summary("ssmax", {"ssmax": cut}))
-  text = results.render(results.gather(no_b + [cut_dir]), str(tmp_path / "r2.md"))
+  text = page.render(summary.gather(no_b + [cut_dir]), str(tmp_path / "r2.md"))
   assert "below scale (trained), stopped by the time limit at step 2289 of 3815" in text
 
   no_loss = _model("ssmax", loss=2.99, rise50=0.0, needle10=0.9)
   no_loss["final_train_loss"] = None  # trained elsewhere, metrics not kept
   (tmp_path / "nl").mkdir()
-  c = results.claims(results.rows(results.gather(_paper_like(tmp_path / "nl", ssmax=no_loss))))
+  c = claims.claims(summary.rows(summary.gather(_paper_like(tmp_path / "nl", ssmax=no_loss))))
   assert c[0]["verdict"] == "not run" and "no training loss recorded for ssmax" in c[0]["numbers"]
   assert c[1]["verdict"] == "reproduced"
 
@@ -146,16 +152,16 @@ def test_missing_or_small_variants_are_not_run(tmp_path):
   zero = _model("ssmax", loss=2.99, rise50=0.0, needle10=0.0, needle_finetuned=False)
   (tmp_path / "zs").mkdir()
   zs_dirs = _paper_like(tmp_path / "zs", ssmax=zero)
-  c = results.claims(results.rows(results.gather(zs_dirs)))
+  c = claims.claims(summary.rows(summary.gather(zs_dirs)))
   assert c[2]["verdict"] == "not run" and c[0]["verdict"] == "reproduced"
-  text = results.render(results.gather(zs_dirs), str(tmp_path / "zs.md"))
+  text = page.render(summary.gather(zs_dirs), str(tmp_path / "zs.md"))
   assert "| *0.90* | *0.90* | *0.90* | *0.00* | *0.00* | 20 | none: zero-shot, not counted |" in text
 
-  empty = results.render(results.gather([]), str(tmp_path / "none.md"))
+  empty = page.render(summary.gather([]), str(tmp_path / "none.md"))
   assert "](none.png)" not in empty and not (tmp_path / "none.png").exists()
-  for name in results.VARIANTS.values():
+  for name in variants.PAPER_VARIANTS.values():
     assert f"| {name} | not run |" in empty
-  assert empty.count("**not run**") == len(results.CLAIMS)
+  assert empty.count("**not run**") == len(claims.CLAIMS)
   assert "--variant=softmax --out=docs/results/h200_small/softmax" in empty
 
 
@@ -165,14 +171,14 @@ def test_seed_repeats_measure_noise_without_changing_verdicts(tmp_path):
   again["config"] = default_config().to_dict()
   again["config"].update(seed=1, data=dict(again["config"]["data"], seed=1))
   repeat = _write(tmp_path, "ssmax_seed1", again)
-  found = results.gather(dirs)
-  repeats = results.gather_repeats(found, [repeat])
-  rws = results.rows(found)
-  groups = results.seed_groups(rws, repeats)
+  found = summary.gather(dirs)
+  repeats = seeds.gather_repeats(found, [repeat])
+  rws = summary.rows(found)
+  groups = seeds.seed_groups(rws, repeats)
   assert list(groups) == ["ssmax"] and len(groups["ssmax"]) == 2
-  spread, variant = results.seed_spread(groups, ("final_train_loss",))
+  spread, variant = seeds.seed_spread(groups, ("final_train_loss",))
   assert variant == "ssmax" and spread == pytest.approx(0.007)
-  with_noise, without = results.claims(rws, groups), results.claims(rws)
+  with_noise, without = claims.claims(rws, groups), claims.claims(rws)
   assert [c["verdict"] for c in with_noise] == [c["verdict"] for c in without]
   assert [c["within_noise"] for c in without] == [0] * 6
   # Training loss: (c) - (a) = -0.005 lies within the 0.007 between (b)'s seeds; the rest do not.
@@ -183,20 +189,20 @@ def test_seed_repeats_measure_noise_without_changing_verdicts(tmp_path):
   assert with_noise[2]["seed_check"] == "Seed check: the margin exceeds the seed spread."
 
   out = tmp_path / "results.md"
-  text = results.render(found, str(out), repeats=repeats)
+  text = page.render(found, str(out), repeats=repeats)
   assert "## Seed repeats" in text and "| (b) SSMax, learned s | (1, 1) | 2.9850 |" in text
   assert "| (b) SSMax, learned s | spread (max - min) | 0.0070 |" in text
   assert "### `ssmax` (seed repeat: seeds (1, 1))" in text
-  assert "no margin below is checked" in results.render(found, str(out))
+  assert "no margin below is checked" in page.render(found, str(out))
 
   with pytest.raises(ValueError, match="same seeds"):
-    results.gather_repeats(found, [dirs[1]])  # the first run of ssmax again
+    seeds.gather_repeats(found, [dirs[1]])  # the first run of ssmax again
   lone = _write(tmp_path, "lone", dict(again, variant="ssmax_fixed",
                                        models={"ssmax_fixed": again["models"]["ssmax"]}))
   with pytest.raises(ValueError, match="which no --results directory has"):
-    results.gather_repeats(results.gather(dirs[:2]), [lone])
+    seeds.gather_repeats(summary.gather(dirs[:2]), [lone])
   with pytest.raises(ValueError, match="same scale"):
-    results.gather_repeats(found, [_write(tmp_path, "tiny", dict(again, preset="cpu_tiny"))])
+    seeds.gather_repeats(found, [_write(tmp_path, "tiny", dict(again, preset="cpu_tiny"))])
   r = subprocess.run([sys.executable, "-m", "experiments.reproduce_report",
                       f"--results={','.join(dirs)}", f"--repeats={repeat}", f"--out={out}"],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -204,19 +210,53 @@ def test_seed_repeats_measure_noise_without_changing_verdicts(tmp_path):
   assert "and 1 seed repeats; claims: reproduced (margins within seed noise)," in r.stdout
 
 
+def test_results_page_is_the_page_of_the_committed_summaries(tmp_path, monkeypatch):
+  """docs/results.md renders byte for byte from docs/results/ by the command in its header."""
+  committed = open(os.path.join(ROOT, "docs", "results.md"), encoding="utf-8").read()
+  made = re.search(r"^Generated (\d{4}-\d\d-\d\d) by `([^`]+)`", committed, re.M)
+  args = dict(a[2:].split("=", 1) for a in shlex.split(made.group(2))[3:])
+  assert set(args) <= {"out", "results", "repeats"}, args  # flags this test passes on
+  commits = set(re.findall(r"^- code: commit ([0-9a-f]{7}) ", committed, re.M))
+  if shutil.which("git") is None or any(subprocess.run(
+      ["git", "-C", ROOT, "cat-file", "-e", f"{c}^{{commit}}"], capture_output=True,
+      check=False).returncode for c in commits):
+    pytest.skip("the page names commits this checkout does not have (no git, or a shallow clone)")
+  results, repeats = args["results"].split(","), args.get("repeats", "").split(",")
+  for d in results + repeats:  # the same relative paths, so the page's links are the same
+    if d:
+      os.makedirs(tmp_path / d)
+      shutil.copy(os.path.join(ROOT, d, "summary.json"), tmp_path / d)
+  monkeypatch.chdir(tmp_path)
+  found = summary.gather(results)
+  text = page.render(found, args["out"], repeats=seeds.gather_repeats(found, repeats),
+                     command=made.group(2), today=datetime.date.fromisoformat(made.group(1)))
+  assert text == committed
+
+
+def test_old_module_paths_and_layering():
+  from ssmax_jax.evals import provenance as old_provenance, recipe, results
+  assert recipe.run is run_lib.run and recipe.check_variant is variants.check_runnable
+  assert results.render is page.render and results.CALL is variants.PRODUCED_BY
+  assert results.VARIANTS is variants.PAPER_VARIANTS and results.SUMMARY_FORMAT == variants.FORMAT
+  assert old_provenance.source_digest is provenance.source_digest
+  r = subprocess.run([sys.executable, "-c", "import sys, ssmax_jax.evals; "
+                      "assert 'ssmax_jax.reproduce' not in sys.modules"], cwd=ROOT, timeout=300)
+  assert r.returncode == 0  # the evaluation library does not import the reproduction
+
+
 def test_report_refuses_bad_results(tmp_path):
   with pytest.raises(ValueError, match="summary.json does not exist"):
-    results.gather([str(tmp_path)])
+    summary.gather([str(tmp_path)])
   a = _write(tmp_path, "a", _summary("ssmax", {"ssmax": _model("ssmax", loss=3, rise50=0,
                                                                needle10=1)}))
   b = _write(tmp_path, "b", _summary("ssmax", {"ssmax": _model("ssmax", loss=3, rise50=0,
                                                                needle10=1)}))
   with pytest.raises(ValueError, match="variant 'ssmax' is in both"):
-    results.gather([a, b])
+    summary.gather([a, b])
   c = _write(tmp_path, "c", _summary("softmax", {"softmax": _model("softmax", loss=3, rise50=0,
                                                                    needle10=1)}, preset="cpu_tiny"))
   with pytest.raises(ValueError, match="mix presets"):
-    results.gather([a, c])
+    summary.gather([a, c])
 
 
 def test_model_metrics_from_eval_documents():
@@ -232,7 +272,7 @@ def test_model_metrics_from_eval_documents():
           top_heads=[dict(layer=0, head=1, mean=0.3, std=0.1)]))]),
       learned_s=dict(results=[dict(label="x", result=dict(variant="ssmax", s=[[0.2, 0.4]], b=None,
                                                          s_init=0.17, fixed_s=None))]))
-  m = results.model_metrics(docs)["x"]
+  m = metrics.model_metrics(docs)["x"]
   assert m["loss"] == {"1": {"1": 3.0}, "50": {"20": 3.5}}
   assert m["needle"] == {"50": {"1": 0.75, "10": 0.0}}
   assert m["attention"]["top_head"] == dict(layer=0, head=1, mean=0.3)
@@ -244,7 +284,7 @@ def test_model_metrics_from_eval_documents():
   docs = dict(loss_by_position=dict(results=[dict(label="x", curves=[
       dict(theta_scale=50.0, multiple=4.0, context_length=40, mean_loss=19.5,
            loss_per_position=lpp)])]))
-  m = results.model_metrics(docs, prefix_multiples=(1, 2, 4, 8))["x"]
+  m = metrics.model_metrics(docs, prefix_multiples=(1, 2, 4, 8))["x"]
   assert m["loss"] == {"50": {"1": 4.5, "2": 9.5, "4": 19.5}}
   assert list(m["loss"]["50"]) == ["1", "2", "4"]
 
@@ -274,22 +314,22 @@ def test_presets_and_plans():
   with pytest.raises(ValueError, match="--preset='nope' is unknown"):
     presets.get_config("nope")
   with pytest.raises(ValueError, match="produced by the call of --variant='softmax'"):
-    recipe.check_variant("qwen_logn")
+    variants.check_runnable("qwen_logn")
   with pytest.raises(ValueError, match="--variant='bogus' is unknown"):
-    recipe.check_variant("bogus")
+    variants.check_runnable("bogus")
 
   # Needle fine-tuning: the paper's lr (Table 3) at full scale; the H200 probe's choice for the
   # small model (docs/reproduce.md).
   assert presets.get_config("paper_162m").recipe.needle_finetune.lr == 2e-5
 
   c = presets.get_config("h200_small")
-  phases, models, retrieval = recipe.plan(c, "softmax", "/w", "/data")
+  phases, models, retrieval = plan.plan(c, "softmax", "/w", "/data")
   a, e, a_needle, e_needle = phases
   assert a.config.model.attention == "softmax" and a.config.data.source == "/data"
   assert a.config.train.num_steps * 128 * 1024 >= 5e8 and a.config.train.seq_len >= 512
   assert a.config.train.max_minutes == 6.5 and e.config.train.max_minutes == 0.0
   assert e.config.init.workdir == a.workdir and e.config.model.attention == "ssmax"
-  assert e.config.train.num_steps == recipe.steps_for(0.05 * 5e8, 128, 1024)
+  assert e.config.train.num_steps == plan.steps_for(0.05 * 5e8, 128, 1024)
   assert [m for m, _ in models] == ["softmax", "softmax_then_ssmax", "qwen_logn",
                                     "llama4_temperature"]
   assert models[2][1] == "qwen_logn=/w/softmax:qwen_logn"
@@ -312,13 +352,13 @@ def test_presets_and_plans():
   assert 20e6 <= params <= 40e6, params
   assert abstract_model(validate(a.config)).config.padded_vocab_size == 50304
 
-  (f, f_needle), _, _ = recipe.plan(c, "ssmax_final10", "/w", "/data")
+  (f, f_needle), _, _ = plan.plan(c, "ssmax_final10", "/w", "/data")
   n = f.config.train.num_steps
   assert f.config.model.attention == "softmax" and f.config.switch.attention == "ssmax"
   assert f.config.switch.step == round(0.9 * n)
   assert f_needle.config.model.attention == "ssmax" and f_needle.config.switch.step == -1
   c.recipe.needle_finetune.steps = 0  # no fine-tuning: every evaluation reads the pretrained model
-  (b,), models, retrieval = recipe.plan(c, "ssmax_bias", "/w", "/data")
+  (b,), models, retrieval = plan.plan(c, "ssmax_bias", "/w", "/data")
   assert b.config.model.attention == "ssmax_bias" and models == retrieval == [
       ("ssmax_bias", "ssmax_bias=/w/ssmax_bias")]
   assert "recipe" not in b.config and "recipe" in c
@@ -327,30 +367,30 @@ def test_presets_and_plans():
 def test_workdir_of_another_run_is_refused(tmp_path):
   from ssmax_jax.train.config import to_json
   c = presets.get_config("cpu_tiny")
-  ph = recipe.plan(c, "ssmax", str(tmp_path), "shakespeare")[0][0]
+  ph = plan.plan(c, "ssmax", str(tmp_path), "shakespeare")[0][0]
   corpus = dict(validation_tokens=10**6)
-  recipe.check_plan([ph], c.recipe, corpus)  # nothing there yet
+  plan.check_plan([ph], c.recipe, corpus)  # nothing there yet
   os.makedirs(os.path.join(ph.workdir, "checkpoints", "30"))
   other = presets.get_config("cpu_tiny")
   del other["recipe"]
   other.model.attention, other.train.num_steps = "ssmax", 30
   with open(os.path.join(ph.workdir, "config.json"), "w") as f:
     f.write(to_json(other))
-  recipe.check_plan([ph], c.recipe, corpus)  # the same run (finished): evaluated, not retrained
+  plan.check_plan([ph], c.recipe, corpus)  # the same run (finished): evaluated, not retrained
   other.model.d_model = 64
   with open(os.path.join(ph.workdir, "config.json"), "w") as f:
     f.write(to_json(other))
   with pytest.raises(ValueError, match="config.model.d_model=64, this plan has 32"):
-    recipe.check_plan([ph], c.recipe, corpus)
+    plan.check_plan([ph], c.recipe, corpus)
   os.makedirs(os.path.join(ph.workdir, "checkpoints", "50"))
   with pytest.raises(ValueError, match="checkpoint at step 50, beyond this plan's 30 steps"):
-    recipe.check_plan([ph], c.recipe, corpus)
-  fresh = recipe.plan(c, "ssmax", str(tmp_path / "x"), "shakespeare")[0]
+    plan.check_plan([ph], c.recipe, corpus)
+  fresh = plan.plan(c, "ssmax", str(tmp_path / "x"), "shakespeare")[0]
   with pytest.raises(ValueError, match="validation split has 100 tokens"):
-    recipe.check_plan(fresh, c.recipe, dict(validation_tokens=100))
+    plan.check_plan(fresh, c.recipe, dict(validation_tokens=100))
   c.recipe.eval.needle_multiples = (1.0,)
   with pytest.raises(ValueError, match="shorter than a needle prompt"):
-    recipe.check_plan(fresh, c.recipe, corpus)
+    plan.check_plan(fresh, c.recipe, corpus)
 
 
 def test_command_line_refusals(tmp_path):
@@ -379,7 +419,7 @@ def test_cpu_tiny_end_to_end(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   assert "tok/s" in r.stdout  # throughput printed while training
   files = sorted(os.listdir(out))
-  assert files == sorted(recipe.OUTPUT_FILES) and len(files) <= 8
+  assert files == sorted(variants.OUTPUT_FILES) and len(files) <= 8
   assert all(os.path.getsize(out / f) < 4 * 2**20 for f in files)
   s = json.loads((out / "summary.json").read_text())
   assert s["variant"] == "softmax" and s["preset"] == "cpu_tiny"
@@ -405,13 +445,13 @@ def test_cpu_tiny_end_to_end(tmp_path):
   assert "loss_per_position" not in lbp["results"][0]["curves"][0]
 
   # Again: the finished runs are not trained again (--train_only stops after training).
-  metrics = (work / "softmax" / "metrics.jsonl").read_text()
+  logged = (work / "softmax" / "metrics.jsonl").read_text()
   r = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--preset=cpu_tiny",
                       "--variant=softmax", f"--out={out}", f"--workdir={work}",
                       f"--data_dir={tmp_path / 'data'}", "--config.recipe.tokens=12800",
                       "--train_only"], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0 and "trained softmax, softmax_then_ssmax" in r.stdout, r.stderr[-3000:]
-  assert (work / "softmax" / "metrics.jsonl").read_text() == metrics
+  assert (work / "softmax" / "metrics.jsonl").read_text() == logged
 
   md = tmp_path / "results.md"
   r = subprocess.run([sys.executable, "-m", "experiments.reproduce_report", f"--results={out}",

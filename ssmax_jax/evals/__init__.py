@@ -6,7 +6,7 @@
   learned_s.head_scalars(model)                                    s (and b) per layer, head
   report.gather(dirs), report.render(docs, out_path)               one markdown page
 
-Command lines: experiments/eval_*.py and experiments/report.py (docs/evaluations.md).
+Command lines: experiments/eval_*.py and experiments/report.py (docs/evaluations.md). The paper's
+reproduction, built on these, is ssmax_jax.reproduce.
 """
-from ssmax_jax.evals import (attention, common, learned_s, loss_by_position, needle, recipe, report,
-                             results, runner)
+from ssmax_jax.evals import attention, common, learned_s, loss_by_position, needle, report, runner

@@ -1,4 +1,7 @@
-"""Gathers evaluation JSON files (common.FORMAT) from run directories into one markdown page."""
+"""Gathers evaluation JSON files (common.FORMAT) from run directories into one markdown page.
+
+write_page and relative_to_page also write the reproduction's results page
+(ssmax_jax.reproduce.page)."""
 import datetime
 import glob
 import os
@@ -46,7 +49,7 @@ def render(found: list[tuple[str, dict]], out_path: str) -> str:
       continue
     lines += [f"## {TITLES[kind]}", ""]
     for path, doc in docs:
-      base = os.path.relpath(os.path.dirname(os.path.abspath(path)), out_dir)
+      base = relative_to_page(os.path.dirname(path), out_path)
       lines += [f"From `{os.path.relpath(path, out_dir)}` ({doc['created']}, {doc['platform']}). "
                 + _models_line(doc), ""]
       settings = ", ".join(f"{k}={v}" for k, v in doc["settings"].items() if k != "figure")
@@ -63,8 +66,18 @@ def render(found: list[tuple[str, dict]], out_path: str) -> str:
       figure = doc["settings"].get("figure")
       if figure:
         lines += [f"![{kind}]({os.path.join(base, figure)})", ""]
+  return write_page(lines, out_path)
+
+
+def relative_to_page(path: str, out_path: str) -> str:
+  """`path` relative to the directory of the page at out_path: what its links name."""
+  return os.path.relpath(os.path.abspath(path), os.path.dirname(os.path.abspath(out_path)))
+
+
+def write_page(lines: list[str], out_path: str) -> str:
+  """Writes the lines of a markdown page to out_path (making its directory) and returns the text."""
   text = "\n".join(lines)
-  os.makedirs(out_dir, exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   with open(out_path, "w") as f:
     f.write(text)
   return text
