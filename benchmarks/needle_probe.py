@@ -21,9 +21,8 @@ from absl import flags
 from absl import logging
 
 from configs import reproduce as presets
-from ssmax_jax.evals import recipe
-from ssmax_jax.evals import results
 from ssmax_jax.evals import runner
+from ssmax_jax.reproduce import claims, corpus, plan, run
 
 _PRESET = flags.DEFINE_string("preset", "h200_small", f"One of {', '.join(presets.PRESETS)}.")
 _TOKENS = flags.DEFINE_float("pretrain_tokens", 1.31e8, "Softmax pretraining tokens.")
@@ -55,21 +54,21 @@ def main(argv):
   config = presets.get_config(_PRESET.value)
   config.recipe.update(tokens=_TOKENS.value)
   config.recipe.needle_finetune.steps = 0
-  _, rcp = recipe.split_config(config)
-  source, corpus = recipe.prepare_corpus(rcp, config.data.tokenizer, _DATA_DIR.value)
-  base = recipe.plan(config, "softmax", _WORKDIR.value, source)[0][0]
-  recipe.check_plan([base], rcp, corpus)
-  pre = recipe.train_phase(base)
+  _, rcp = plan.split_config(config)
+  source, corpus_info = corpus.prepare_corpus(rcp, config.data.tokenizer, _DATA_DIR.value)
+  base = plan.plan(config, "softmax", _WORKDIR.value, source)[0][0]
+  plan.check_plan([base], rcp, corpus_info)
+  pre = run.train_phase(base)
   print(f"softmax: {pre['steps']} steps, {pre['tokens']:,} tokens, final train loss "
         f"{pre['final_train_loss']:.4f}", flush=True)
   rows = []
   for lr, steps in settings:
     ft = copy.deepcopy(rcp.needle_finetune)
     ft.update(lr=lr, steps=steps)
-    ph = recipe.needle_finetune_phase(base, ft)
+    ph = plan.needle_finetune_phase(base, ft)
     ph = dataclasses.replace(ph, label=f"lr{lr:g}_steps{steps}",
                              workdir=os.path.join(_WORKDIR.value, f"needle_lr{lr:g}_steps{steps}"))
-    tuned = recipe.train_phase(ph)
+    tuned = run.train_phase(ph)
     doc = runner.run_needle([f"{ph.label}={ph.workdir}"], os.path.join(ph.workdir, "eval"),
                             multiples=tuple(map(float, _MULTIPLES.value)), trials=_TRIALS.value,
                             theta_scales=(1.0, 50.0), method="teacher_forcing",
@@ -99,7 +98,7 @@ def choose(rows, multiples):
     return None
   i = multiples.index(1.0)
   ok = sorted((steps, lr) for lr, steps, _, _, cells in rows
-              if cells[50.0][i] >= results.RETRIEVES)
+              if cells[50.0][i] >= claims.RETRIEVES)
   return (ok[0][1], ok[0][0]) if ok else None
 
 

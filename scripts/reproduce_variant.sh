@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One variant of the issue 6 reproduction in one device call (about 6-8 minutes on an H200):
+# One variant of the paper's reproduction in one device call (about 6-8 minutes on an H200):
 # trains, fine-tunes on needles, evaluates, and leaves the eight result files in $OUT/VARIANT
 # (copy them into docs/results/PRESET/VARIANT, then run experiments.reproduce_report).
 # Usage on the device, from the repo root with .devcarry carried (docs/reproduce.md):
