@@ -1,4 +1,6 @@
 """Trainer tests on one CPU device: loss, resume, checkpoints, bad input, NaN, variants."""
+import contextlib
+import io
 import json
 import os
 import signal
@@ -71,22 +73,47 @@ def test_cross_entropy_with_bf16_logits_is_the_loss_of_rounded_logits():
     cross_entropy_sum(h, w, targets, mask, V, 8, "float16")
 
 
-def test_tiny_trains_and_logs_s_per_layer_and_head(tmp_path, capsys):
-  result = train(_config(train=dict(profile_at_step=12, profile_steps=2)), str(tmp_path))
-  records = read_metrics(str(tmp_path))
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """One 20-step run of the tiny config with a profile of steps 13-14, shared by the tests
+  below: (workdir, train's result, its metrics, what it printed)."""
+  workdir = tmp_path_factory.mktemp("tiny")
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    result = train(_config(train=dict(profile_at_step=12, profile_steps=2)), str(workdir))
+  return workdir, result, read_metrics(str(workdir)), printed.getvalue()
+
+
+def test_tiny_logs_every_5_steps_with_input_wait(tiny_run):
+  _, result, records, _ = tiny_run
   assert [r["step"] for r in records] == [5, 10, 15, 20]
   assert all(0.0 <= r["input_wait"] <= 1.0 for r in records[1:]), records
-  # The profile of steps 13-14: a trace file and a device-time table in the output.
-  assert "profile of steps 13-14" in capsys.readouterr().out
-  assert list((tmp_path / "profile").rglob("perfetto_trace.json.gz"))
-  assert records[-1]["loss"] < records[0]["loss"] - 1.0, records
   assert result["step"] == 20
-  s = np.asarray(records[-1]["s"])
+
+
+def test_tiny_profile_writes_a_trace_and_a_table(tiny_run):
+  # The profile of steps 13-14: a trace file and a device-time table in the output.
+  workdir, _, _, printed = tiny_run
+  assert "profile of steps 13-14" in printed
+  assert list((workdir / "profile").rglob("perfetto_trace.json.gz"))
+
+
+def test_tiny_loss_falls(tiny_run):
+  records = tiny_run[2]
+  assert records[-1]["loss"] < records[0]["loss"] - 1.0, records
+
+
+def test_tiny_logs_s_per_layer_and_head(tiny_run):
+  s = np.asarray(tiny_run[2][-1]["s"])
   assert s.shape == (2, 2)  # layers x heads
   assert not np.allclose(s, ops.default_s_init(32))  # s is learned
-  with open(tmp_path / "config.json") as f:
+
+
+def test_tiny_saves_config_and_checkpoints(tiny_run):
+  workdir = tiny_run[0]
+  with open(workdir / "config.json") as f:
     assert json.load(f)["model"]["attention"] == "ssmax"
-  assert Checkpointer(str(tmp_path), read_only=True).steps() == [10, 20]
+  assert Checkpointer(str(workdir), read_only=True).steps() == [10, 20]
 
 
 def test_stop_and_resume_gives_the_same_losses(tmp_path):
@@ -229,28 +256,47 @@ def test_switch_variant_adds_s_to_the_optimizer_state_and_keeps_moments():
   assert metrics["s"].shape == (2, 2) and np.isfinite(metrics["loss"])
 
 
-def test_switch_during_training_then_load_model(tmp_path):
-  config = _config(model=dict(attention="softmax"), switch=dict(step=10, attention="ssmax"))
-  train(config, str(tmp_path))
-  records = read_metrics(str(tmp_path))
+@pytest.fixture(scope="module")
+def switch_run(tmp_path_factory):
+  """A softmax run switched to SSMax at step 10 of 20: (workdir, its metrics)."""
+  workdir = tmp_path_factory.mktemp("switch")
+  train(_config(model=dict(attention="softmax"), switch=dict(step=10, attention="ssmax")),
+        str(workdir))
+  return workdir, read_metrics(str(workdir))
+
+
+def test_switch_during_training_logs_s_after_the_switch(switch_run):
+  records = switch_run[1]
   assert [r["attention"] for r in records] == ["softmax", "softmax", "ssmax", "ssmax"]
   assert "s" not in records[1] and np.asarray(records[2]["s"]).shape == (2, 2)
+
+
+def test_switch_checkpoints_load_with_their_variant_and_overrides(switch_run):
+  workdir, records = switch_run
   # The checkpoint at step 10 predates the switch, the one at 20 follows it.
-  assert load_model(str(tmp_path), 10)[0].config.attention == "softmax"
-  model, loaded = load_model(str(tmp_path), overrides={"rope_theta": 5e5})
+  assert load_model(str(workdir), 10)[0].config.attention == "softmax"
+  model, loaded = load_model(str(workdir), overrides={"rope_theta": 5e5})
   assert model.config.attention == "ssmax" and loaded.model.attention == "ssmax"
   assert model.config.rope_theta == 5e5
   np.testing.assert_allclose(model.blocks[1].attn.logit_scale.s[...], records[-1]["s"][1],
                              rtol=1e-6)
-  qwen, _ = load_model(str(tmp_path), overrides={"attention": "qwen_logn"})
+
+
+def test_switched_model_runs_as_another_variant_and_generates(switch_run):
+  workdir = switch_run[0]
+  qwen, _ = load_model(str(workdir), overrides={"attention": "qwen_logn"})
   tokens = jnp.arange(16, dtype=jnp.int32)[None]
   assert np.isfinite(qwen(tokens)).all()
+  model, _ = load_model(str(workdir), overrides={"rope_theta": 5e5})
   out = generate(model, tokens[:, :4], 6, temperature=0.8)
   assert out.shape == (1, 10) and (out[:, :4] == tokens[:, :4]).all()
   assert ((out >= 0) & (out < 257)).all()
 
 
-def test_finetune_from_softmax_with_needle_loss_mask(tmp_path):
+@pytest.fixture(scope="module")
+def finetune_run(tmp_path_factory):
+  """A softmax base run, then a needle fine-tune from it as SSMax (variant (e)): the workdir."""
+  tmp_path = tmp_path_factory.mktemp("finetune")
   base = _config(model=dict(attention="softmax"), train=dict(num_steps=5))
   train(base, str(tmp_path / "base"))
   tune = _config(model=dict(attention="ssmax", l_train=32),
@@ -260,14 +306,28 @@ def test_finetune_from_softmax_with_needle_loss_mask(tmp_path):
                                 warmup_steps=0),
                  init=dict(workdir=str(tmp_path / "base")))
   train(tune, str(tmp_path / "tune"))
-  records = read_metrics(str(tmp_path / "tune"))
+  return tmp_path
+
+
+def test_finetune_starts_a_fresh_step_count(finetune_run):
+  records = read_metrics(str(finetune_run / "tune"))
   assert [r["step"] for r in records] == [1, 2, 3, 4]  # a fresh optimizer and step count
+
+
+def test_finetune_needle_loss_mask_counts_only_the_answers(finetune_run):
   # Only the 7-digit answers count: a handful of tokens per row, not 4 x 256.
-  assert all(4 <= r["tokens"] <= 4 * 8 for r in records)
+  assert all(4 <= r["tokens"] <= 4 * 8 for r in read_metrics(str(finetune_run / "tune")))
+
+
+def test_finetune_to_ssmax_starts_s_at_its_default(finetune_run):
   # Variant (e): s starts at 1/mean(log n) over l_train and moves with the small lr.
+  records = read_metrics(str(finetune_run / "tune"))
   np.testing.assert_allclose(records[0]["s"], ops.default_s_init(32), atol=1e-3)
-  base_model, _ = load_model(str(tmp_path / "base"))
-  tuned, _ = load_model(str(tmp_path / "tune"))
+
+
+def test_finetune_loads_both_variants(finetune_run):
+  base_model, _ = load_model(str(finetune_run / "base"))
+  tuned, _ = load_model(str(finetune_run / "tune"))
   assert tuned.config.attention == "ssmax" and base_model.config.attention == "softmax"
 
 
@@ -315,11 +375,8 @@ def test_cli_rejects_an_unknown_config_key(tmp_path):
   assert not os.path.exists(tmp_path / "run")
 
 
-def test_xla_flags_go_into_the_environment_before_jax_starts(monkeypatch):
-  from ssmax_jax.train import apply_xla_flags
+def test_xla_flags_go_into_the_environment_before_jax_starts():
   flag = "--xla_gpu_enable_triton_gemm=false"
-  config = _config()
-  config.xla_flags = flag
   # A fresh process, where no backend has started: the launcher's case.
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   code = ("import os; from configs import paper_162m; from ssmax_jax.train import apply_xla_flags;"
@@ -328,6 +385,13 @@ def test_xla_flags_go_into_the_environment_before_jax_starts(monkeypatch):
   out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
                        text=True, timeout=120).stdout.split("\n")
   assert out[0] == out[1] == f"--xla_dump_to=/tmp/nowhere {flag}"
+
+
+def test_xla_flags_after_jax_started_pass_if_in_effect_else_error(monkeypatch):
+  from ssmax_jax.train import apply_xla_flags
+  flag = "--xla_gpu_enable_triton_gemm=false"
+  config = _config()
+  config.xla_flags = flag
   # Here JAX has started: flags already in effect pass, new ones are an error, not ignored.
   jax.devices()
   monkeypatch.setenv("XLA_FLAGS", flag)

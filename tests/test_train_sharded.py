@@ -1,7 +1,8 @@
 """Sharded training on 8 simulated CPU devices gives the losses of one device.
 
 jax fixes its device count at import, and other tests import it first, so the 8-device runs
-happen in a subprocess with XLA_FLAGS set.
+happen in a subprocess with XLA_FLAGS set. It runs once per module (the `runs` fixture) and
+records each part's result or traceback by name, so that a failing test names the part that broke.
 """
 import json
 import os
@@ -12,6 +13,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from configs import test_tiny
@@ -77,60 +79,80 @@ def rope_grads_under_mesh(mesh_shape):
 
 
 _SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, sys, traceback
     import jax
     from tests.test_train_sharded import (MESHES, _config, norm_grads_under_mesh,
                                           rope_grads_under_mesh)
     from ssmax_jax.train import read_metrics, train
     assert jax.device_count() == 8, jax.devices()
     out = {}
+
+    def part(name, fn):  # each part's failure is recorded under its name; the others still run
+      try:
+        out[name] = fn()
+      except Exception:
+        out[name] = {"error": traceback.format_exc()[-3000:]}
+
+    def losses(name, config):
+      train(config, f"{sys.argv[1]}/{name}")
+      return [r["loss"] for r in read_metrics(f"{sys.argv[1]}/{name}")]
+
+    def error(name, config):
+      try:
+        train(config, f"{sys.argv[1]}/{name}")
+      except ValueError as e:
+        return str(e)
+      return "no ValueError"
+
+    def with_mesh(shape, **model):
+      config = _config()
+      config.mesh.shape = shape
+      config.model.update(**model)
+      return config
+
     # What 'auto' picks on a GPU under these meshes, for logits over a vocabulary of 264 with
     # one and with 1 + 1/BLOCK_ROWS of the kernel's row blocks per device. First, while no
     # training run has left threads behind: once, after the runs below, it saw no mesh.
     from ssmax_jax.kernels import cross_entropy_gpu
     from ssmax_jax.train import mesh as mesh_lib
     from ssmax_jax.train.loss import resolve_implementation
+
+    def auto(shape):
+      with jax.set_mesh(mesh_lib.make_mesh(shape)):
+        return [resolve_implementation("auto", rows, 264, backend="gpu")
+                for rows in (16, 24)]  # 2 and 3 rows on each of 8 devices
+
     default_rows, cross_entropy_gpu.BLOCK_ROWS = cross_entropy_gpu.BLOCK_ROWS, 2
     for shape in [(4, 2, 1), (1, 1, 8), (8, 1, 1)]:
-      with jax.set_mesh(mesh_lib.make_mesh(shape)):
-        out[f"auto_{shape}"] = [resolve_implementation("auto", rows, 264, backend="gpu")
-                                for rows in (16, 24)]  # 2 and 3 rows on each of 8 devices
+      part(f"auto_{shape}", lambda: auto(shape))
     cross_entropy_gpu.BLOCK_ROWS = default_rows
     for name, shape in MESHES.items():
-      config = _config()
-      config.mesh.shape = shape
-      train(config, f"{sys.argv[1]}/{name}")
-      out[name] = [r["loss"] for r in read_metrics(f"{sys.argv[1]}/{name}")]
+      part(name, lambda: losses(name, with_mesh(shape)))
     # The Pallas loss kernel (interpret mode here) on each device's rows of a data x fsdp mesh.
-    config = _config()
-    config.mesh.shape = (4, 2, 1)
-    config.train.loss_implementation = "pallas"
-    train(config, f"{sys.argv[1]}/pallas_loss")
-    out["pallas_loss"] = [r["loss"] for r in read_metrics(f"{sys.argv[1]}/pallas_loss")]
-    config.mesh.shape = (1, 1, 8)
-    try:
-      train(config, f"{sys.argv[1]}/pallas_tensor")
-    except ValueError as e:
-      out["pallas_tensor"] = str(e)
+    def pallas_loss_config(shape):
+      config = with_mesh(shape)
+      config.train.loss_implementation = "pallas"
+      return config
+
+    part("pallas_loss", lambda: losses("pallas_loss", pallas_loss_config((4, 2, 1))))
+    part("pallas_tensor", lambda: error("pallas_tensor", pallas_loss_config((1, 1, 8))))
     # The Pallas norm (interpret mode) on each device's rows, replicated over the tensor axis.
-    config = _config()
-    config.mesh.shape = (2, 2, 2)
-    config.model.norm_implementation = "pallas"
-    train(config, f"{sys.argv[1]}/pallas_norm")
-    out["pallas_norm"] = [r["loss"] for r in read_metrics(f"{sys.argv[1]}/pallas_norm")]
-    out["norm_grads"] = norm_grads_under_mesh((2, 2, 2))
-    out["rope_grads"] = rope_grads_under_mesh((2, 2, 2))
-    config = _config()
-    config.train.batch_size = 4
-    try:
-      train(config, f"{sys.argv[1]}/bad_batch")
-    except ValueError as e:
-      out["bad_batch"] = str(e)
+    part("pallas_norm", lambda: losses("pallas_norm",
+                                       with_mesh((2, 2, 2), norm_implementation="pallas")))
+    part("norm_grads", lambda: norm_grads_under_mesh((2, 2, 2)))
+    part("rope_grads", lambda: rope_grads_under_mesh((2, 2, 2)))
+    bad_batch = _config()
+    bad_batch.train.batch_size = 4
+    part("bad_batch", lambda: error("bad_batch", bad_batch))
     print(json.dumps(out))
 """)
 
 
-def test_sharded_losses_match_one_device(tmp_path):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Trains once for the whole module: every 8-device part in one subprocess, the one-device
+  reference meanwhile in this process. Returns (parts by name, one-device losses, workdir)."""
+  tmp_path = tmp_path_factory.mktemp("sharded")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   proc = subprocess.Popen([sys.executable, "-c", _SCRIPT, str(tmp_path)], env=env, cwd=ROOT,
@@ -142,26 +164,70 @@ def test_sharded_losses_match_one_device(tmp_path):
     if proc.poll() is None:
       proc.kill()
   assert proc.returncode == 0, stderr[-3000:]
-  sharded = json.loads(stdout.strip().splitlines()[-1])
-  want = [r["loss"] for r in read_metrics(str(tmp_path / "one"))]
-  assert len(want) == 3 and want[-1] < want[0]
-  for name in MESHES:
-    np.testing.assert_allclose(sharded[name], want, rtol=2e-5, err_msg=name)
-  np.testing.assert_allclose(sharded["pallas_loss"], want, rtol=1e-4, err_msg="pallas loss")
-  assert "splits the vocabulary over 8 tensor shards" in sharded["pallas_tensor"]
-  # 'auto' on a GPU: the kernel with whole row blocks and whole vocabulary rows on each device.
-  assert sharded["auto_(4, 2, 1)"] == ["pallas", "xla"]
-  assert sharded["auto_(8, 1, 1)"] == ["pallas", "xla"]
-  assert sharded["auto_(1, 1, 8)"] == ["xla", "xla"]
-  np.testing.assert_allclose(sharded["pallas_norm"], want, rtol=1e-4, err_msg="pallas norm")
-  # sum, y, d_x, d_delta, d_scale (summed over the devices' rows by shard_map's transpose)
-  assert max(sharded["norm_grads"]) < 1e-4, sharded["norm_grads"]
-  assert sharded["rope_grads"] < 1e-5, sharded["rope_grads"]  # rows and heads split 4 x 2
-  assert "batch_size=4 must be divisible" in sharded["bad_batch"]
-  assert "data x fsdp = 8" in sharded["bad_batch"]
+  parts = json.loads(stdout.strip().splitlines()[-1])
+  return parts, [r["loss"] for r in read_metrics(str(tmp_path / "one"))], tmp_path
 
-  # A checkpoint written by 8 devices restores on one.
-  mixed, _ = load_model(str(tmp_path / "mix"))
-  single, _ = load_model(str(tmp_path / "one"))
+
+def _part(runs, name):
+  """The subprocess's result for one part; its traceback if that part raised."""
+  got = runs[0][name]
+  if isinstance(got, dict) and "error" in got:
+    pytest.fail(f"{name} failed in the 8-device process:\n{got['error']}")
+  return got
+
+
+def test_one_device_reference_trains(runs):
+  want = runs[1]
+  assert len(want) == 3 and want[-1] < want[0]
+
+
+@pytest.mark.parametrize("name", list(MESHES))
+def test_mesh_losses_match_one_device(runs, name):
+  np.testing.assert_allclose(_part(runs, name), runs[1], rtol=2e-5, err_msg=name)
+
+
+def test_pallas_loss_on_data_x_fsdp_matches_one_device(runs):
+  np.testing.assert_allclose(_part(runs, "pallas_loss"), runs[1], rtol=1e-4,
+                             err_msg="pallas loss")
+
+
+def test_pallas_loss_over_tensor_shards_is_an_error(runs):
+  assert "splits the vocabulary over 8 tensor shards" in _part(runs, "pallas_tensor")
+
+
+@pytest.mark.parametrize("shape, want", [
+    ((4, 2, 1), ["pallas", "xla"]), ((8, 1, 1), ["pallas", "xla"]), ((1, 1, 8), ["xla", "xla"])],
+    ids=["data_fsdp", "data", "tensor"])
+def test_auto_loss_on_gpu_needs_whole_row_blocks_and_vocabulary_rows(runs, shape, want):
+  # 'auto' on a GPU: the kernel with whole row blocks and whole vocabulary rows on each device.
+  assert _part(runs, f"auto_{shape}") == want
+
+
+def test_pallas_norm_matches_one_device(runs):
+  np.testing.assert_allclose(_part(runs, "pallas_norm"), runs[1], rtol=1e-4,
+                             err_msg="pallas norm")
+
+
+def test_norm_kernel_gradients_under_mesh(runs):
+  # sum, y, d_x, d_delta, d_scale (summed over the devices' rows by shard_map's transpose)
+  norm_grads = _part(runs, "norm_grads")
+  assert max(norm_grads) < 1e-4, norm_grads
+
+
+def test_rope_kernel_gradients_under_mesh(runs):
+  rope_grads = _part(runs, "rope_grads")
+  assert rope_grads < 1e-5, rope_grads  # rows and heads split 4 x 2
+
+
+def test_batch_not_divisible_by_the_mesh_is_an_error(runs):
+  bad_batch = _part(runs, "bad_batch")
+  assert "batch_size=4 must be divisible" in bad_batch
+  assert "data x fsdp = 8" in bad_batch
+
+
+def test_checkpoint_of_8_devices_restores_on_one(runs):
+  _part(runs, "mix")
+  mixed, _ = load_model(str(runs[2] / "mix"))
+  single, _ = load_model(str(runs[2] / "one"))
   for a, b in zip(jax.tree.leaves(nnx.state(mixed)), jax.tree.leaves(nnx.state(single))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
