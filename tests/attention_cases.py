@@ -267,3 +267,77 @@ def check(fn, x: Inputs, dtype, *, scale, causal, window, tol_fwd, tol_grad, gra
   unseen_BS = ~ok.any(1)   # the mask is the same for every head
   assert np.all(dk[unseen_BS] == 0) and np.all(dv[unseen_BS] == 0)
   return errors
+
+
+# ----------------------------------------------------------------------------- the public op
+# The op's own table: every masking argument of dot_product_attention (with the matching
+# reference_np arguments) and every variant, on small shapes.
+
+OP_SHAPE = (2, 9, 9, 4, 2, 8)   # B, T, S, N, K, H
+
+
+def qkv(seed, t=9, s=9, n=4, k=2, h=8, b=2):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(b, t, n, h)).astype(np.float32),
+          rng.normal(size=(b, s, k, h)).astype(np.float32),
+          rng.normal(size=(b, s, k, h)).astype(np.float32))
+
+
+SEG = np.array([[1, 1, 1, 2, 2, 2, 2, 3, 3], [5, 5, 7, 7, 7, 7, 7, 7, 7]])
+POS = np.array([[0, 2, 2, 5, 8, 8, 1, 3, 7]] * 2)
+# name: (op kwargs, reference_np mask kwargs).
+OP_MASKS = {
+    "none": ({}, {}),
+    "causal": ({"is_causal": True}, {"causal": True}),
+    "segments": ({"is_causal": True, "segment_ids": SEG},
+                 {"causal": True, "q_seg": SEG, "kv_seg": SEG}),
+    "segment_pair": ({"segment_ids": (SEG, SEG[:, ::-1])}, {"q_seg": SEG, "kv_seg": SEG[:, ::-1]}),
+    "window_int": ({"local_window_size": 2}, {"window": 2}),
+    "window_causal": ({"is_causal": True, "local_window_size": (3, 0)},
+                      {"causal": True, "window": (3, 0)}),
+    "kv_lengths": ({"is_causal": True, "key_value_seq_lengths": np.array([9, 4])},
+                   {"causal": True, "kv_len": np.array([9, 4])}),
+    "positions": ({"is_causal": True, "query_positions": POS}, {"causal": True, "q_pos": POS}),
+    # Row 1 attends nothing past length 0 and segment 9 exists only among queries: empty rows.
+    "fully_masked": ({"segment_ids": (np.array([[1] * 8 + [9]] * 2), np.ones((2, 9), int)),
+                      "key_value_seq_lengths": np.array([9, 0])},
+                     {"q_seg": np.array([[1] * 8 + [9]] * 2), "kv_seg": np.ones((2, 9), int),
+                      "kv_len": np.array([9, 0])}),
+}
+
+VARIANT_ARGS = {
+    "softmax": {},
+    "ssmax": {"s": np.array([0.3, 0.5, 0.8, 1.2], np.float32)},
+    "ssmax_bias": {"s": np.array([0.3, 0.5, 0.8, 1.2], np.float32),
+                   "b": np.array([0.1, -0.2, 0.0, 0.4], np.float32)},
+    "ssmax_fixed": {"s": 1.0},
+    "qwen_logn": {"l_train": 4},
+    "llama4_temperature": {"floor_scale": 3.0, "attn_scale": 0.5},
+}
+
+
+def op_kwargs(variant, n, num_heads=4):
+  """How a user passes each variant: s/b directly, or a precomputed multiplier."""
+  from ssmax_jax import ops   # pylint: disable=g-import-not-at-top
+  args = VARIANT_ARGS[variant]
+  if variant == "softmax":
+    return {}
+  if variant in ("ssmax", "ssmax_bias"):
+    return dict(args)
+  return {"logit_multiplier": ops.logit_multiplier(variant, n, num_heads=num_heads, **args)}
+
+
+def directional_check(f_jax, f_ref, args, seed, rtol=2e-4):
+  """<grad f, u> against a central difference of the float64 reference along random u."""
+  rng = np.random.default_rng(seed)
+  grads = jax.grad(f_jax, argnums=tuple(range(len(args))))(*args)
+  for i, (x, g) in enumerate(zip(args, grads)):
+    u = rng.normal(size=np.shape(x))
+    eps = 1e-6
+    plus = [np.asarray(a, np.float64) for a in args]
+    minus = [np.asarray(a, np.float64) for a in args]
+    plus[i] = plus[i] + eps * u
+    minus[i] = minus[i] - eps * u
+    numeric = (f_ref(*plus) - f_ref(*minus)) / (2 * eps)
+    analytic = float(np.sum(np.asarray(g, np.float64) * u))
+    assert abs(analytic - numeric) <= rtol * (abs(numeric) + 1.0), (i, analytic, numeric)
