@@ -1,3 +1,4 @@
-"""Deprecated: the kernels moved next to the ops that call them; this package stays for one
-release as re-exports. Attention: ssmax_jax/ops/attention/ (triton.py, mosaic_gpu.py,
-mosaic_tpu.py; the kernel contract is in its package docstring)."""
+"""Deprecated: the Pallas kernels move next to the ops that call them (ssmax_jax/ops/<op>/);
+a module here that only re-exports stays for one release. Attention's kernels are in
+ssmax_jax/ops/attention/ (triton.py, mosaic_gpu.py with mosaic_gpu_vjp.py, mosaic_tpu.py), and
+their kernel contract in that package's docstring."""

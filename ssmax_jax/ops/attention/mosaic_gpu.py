@@ -23,7 +23,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from ssmax_jax.ops.attention import mosaic_gpu_vjp, tuning
 from ssmax_jax.ops.attention.kernel_common import LOG2E
-from ssmax_jax.ops.attention.mosaic_gpu_common import ROWS_PER_WG
+from ssmax_jax.ops.attention.mosaic_gpu_common import ROWS_PER_WG, query_tile_row0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +86,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, c_ref, o_ref, lse_ref, smem, ready, free, t
   bq = ROWS_PER_WG
   dtype = q_ref.dtype
   b, h, wg = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("wg")
-  # Causal: the most expensive query tiles first, so the tail of the launch is short.
-  tile = (n_tiles - 1 - lax.axis_index("t")) if causal else lax.axis_index("t")
-  tile_row0 = tile * (2 * bq)
+  tile_row0 = query_tile_row0(causal, n_tiles)
   if causal:
     steps = lax.div(tile_row0 + 2 * bq + block_kv - 1, block_kv)
     clean_steps = lax.div(tile_row0, block_kv)       # key blocks below the diagonal

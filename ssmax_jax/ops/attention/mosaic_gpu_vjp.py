@@ -19,7 +19,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from ssmax_jax.ops.attention.kernel_common import LOG2E
-from ssmax_jax.ops.attention.mosaic_gpu_common import COL, ROW, ROWS_PER_WG
+from ssmax_jax.ops.attention.mosaic_gpu_common import COL, ROW, ROWS_PER_WG, query_tile_row0
 
 
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, vec_ref, dq_ref, dc_ref, smem, ready, free, *,
@@ -31,8 +31,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, vec_ref, dq_ref, dc_ref, smem, ready
   bq = ROWS_PER_WG
   dtype = q_ref.dtype
   b, h, wg = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("wg")
-  tile = (n_tiles - 1 - lax.axis_index("t")) if causal else lax.axis_index("t")
-  tile_row0 = tile * (2 * bq)
+  tile_row0 = query_tile_row0(causal, n_tiles)
   if causal:   # block_kv divides 2 * bq, so the last step ends on the tile's last row
     steps = lax.div(tile_row0 + 2 * bq, block_kv)
     clean_steps = lax.div(tile_row0, block_kv)

@@ -13,9 +13,9 @@ it. These are scalar-prefetched. The index maps clamp the grid index into the ra
 outside it are neither fetched again nor computed; blocks whose segment ranges do not meet are
 not computed; blocks that no mask cuts into skip building the mask.
 
-The forward kernel writes O in float32; the backward takes rowsum(dO*O) from it. With O rounded
-to bf16 instead (the usual choice) the gradient of c, a sum of cancelling terms, was 4x less
-accurate in tests; the cost is a float32 residual of O's size.
+The forward kernel writes O in float32; the backward takes rowsum(dO*O) from it, because the
+gradient of c is a sum of cancelling terms that O rounded to bf16 (the usual choice) would
+make less accurate; the cost is a float32 residual of O's size.
 """
 import dataclasses
 import functools
