@@ -3,6 +3,7 @@ residual add + RMSNorm of a pre-norm block, and RoPE's transpose on the q and k 
 from ssmax_jax.ops.attention import (IMPLEMENTATIONS, LEARNED_VARIANTS, VARIANTS,
                                      attention_counts, check_variant, default_s_init,
                                      dot_product_attention, logit_multiplier)
+from ssmax_jax.ops import masks, variants, xla  # noqa: F401 -- old paths, shims for one release
 from ssmax_jax.ops.norm import IMPLEMENTATIONS as NORM_IMPLEMENTATIONS
 from ssmax_jax.ops.norm import add_rms_norm
 from ssmax_jax.ops.norm import check_implementation as check_norm_implementation
