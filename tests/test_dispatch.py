@@ -45,3 +45,20 @@ def test_unknown_name_lists_the_choices():
 def test_nothing_fits_in_the_default_order():
   with pytest.raises(ValueError, match=r"no op backend takes this call"):
     _dispatch.choose("op", None, BACKENDS, ("picky",), n=2)
+
+
+def test_skips_apply_only_when_choosing():
+  backends = dict(BACKENDS, shy=types.SimpleNamespace(unsupported_reason=lambda **call: None,
+                                                      auto_skip_reason=lambda **call: "shy"))
+  assert _dispatch.choose("op", None, backends, ("shy", "slow"), n=2) == "slow"
+  assert _dispatch.choose("op", "shy", backends, ("slow",), n=2) == "shy"
+  with pytest.raises(ValueError, match=r"no op backend takes this call .*shy: shy"):
+    _dispatch.choose("op", None, backends, ("shy",), n=2)
+
+
+def test_names_limit_what_a_caller_may_pass():
+  names = ("slow", "ours")
+  groups = {"ours": ("picky", "fast")}
+  assert _dispatch.choose("op", "ours", BACKENDS, ("slow",), groups, names, n=2) == "fast"
+  with pytest.raises(ValueError, match=r"implementation='fast' is unknown; .*'slow', 'ours'"):
+    _dispatch.choose("op", "fast", BACKENDS, ("slow",), groups, names, n=2)

@@ -1,8 +1,9 @@
 """The public ops: attention (masks, attended-key counts n, multipliers, backend choice), the
 residual add + RMSNorm of a pre-norm block, and RoPE's transpose on the q and k gradients."""
-from ssmax_jax.ops.attention import IMPLEMENTATIONS, attention_counts, dot_product_attention
-from ssmax_jax.ops.variants import (LEARNED_VARIANTS, VARIANTS, check_variant, default_s_init,
-                                    logit_multiplier)
+from ssmax_jax.ops.attention import (IMPLEMENTATIONS, LEARNED_VARIANTS, VARIANTS,
+                                     attention_counts, check_variant, default_s_init,
+                                     dot_product_attention, logit_multiplier)
+from ssmax_jax.ops import masks, variants, xla  # noqa: F401 -- old paths, shims for one release
 from ssmax_jax.ops.norm import IMPLEMENTATIONS as NORM_IMPLEMENTATIONS
 from ssmax_jax.ops.norm import add_rms_norm
 from ssmax_jax.ops.norm import check_implementation as check_norm_implementation

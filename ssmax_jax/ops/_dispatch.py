@@ -2,10 +2,12 @@
 
 An op lists its backends in the order it prefers them on each platform. Each backend is a
 module (or any object) with `unsupported_reason(**call) -> str | None`, saying why it cannot
-take a call (None when it can). `choose` walks that order; no backend ever calls another.
+take a call (None when it can), and optionally `auto_skip_reason(**call) -> str | None`, why
+choosing for the caller passes it over although it could take the call (e.g. a precision
+another backend serves better). `choose` walks that order; no backend ever calls another.
 
 - `implementation=None` (or its alias `'auto'`, kept so that saved configs load): the first
-  backend of the platform's order that takes the call.
+  backend of the platform's order that takes the call and does not skip it.
 - A backend's own name: that backend, or a ValueError with its reason.
 - A group name (e.g. `'pallas'`: our kernels on the platform): the first member that takes the
   call, or a ValueError with every member's reason.
@@ -33,21 +35,26 @@ def platform() -> str:
 
 
 def choose(op: str, implementation, backends: Mapping[str, object], order: Sequence[str],
-           groups: Mapping[str, Sequence[str]] | None = None, **call) -> str:
+           groups: Mapping[str, Sequence[str]] | None = None, names: Sequence[str] | None = None,
+           **call) -> str:
   """The name of the backend that runs `call`.
 
   backends: name -> backend (with `unsupported_reason(**call)`); order: the names tried, best
-  first, when implementation is None; groups: group name -> member names, tried in order.
+  first, when implementation is None; groups: group name -> member names, tried in order;
+  names: those a caller may pass (default: every backend and group).
   """
   groups = dict(groups or {})
-  implementation = normalize(op, implementation, (*backends, *groups))
+  implementation = normalize(op, implementation, names or (*backends, *groups))
   if implementation is None:
     candidates, explicit = order, False
   else:
     candidates, explicit = groups.get(implementation, (implementation,)), True
   reasons = {}
   for name in candidates:
-    reason = backends[name].unsupported_reason(**call)
+    backend = backends[name]
+    reason = backend.unsupported_reason(**call)
+    if reason is None and not explicit and hasattr(backend, "auto_skip_reason"):
+      reason = backend.auto_skip_reason(**call)
     if reason is None:
       return name
     reasons[name] = reason

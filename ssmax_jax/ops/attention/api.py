@@ -1,12 +1,47 @@
-"""The public op: SSMax (or any length-scaled) dot-product attention with backend choice."""
+"""The public op: SSMax (or any length-scaled) dot-product attention with backend choice.
+
+`dot_product_attention` validates every argument, computes the multiplier c for s (and b),
+asks ops/_dispatch.py for a backend, and runs it:
+
+- implementation=None (or 'auto'): the first backend of the platform's ORDER that takes the
+  call and does not skip it when choosing (`auto_skip_reason`);
+- 'xla', 'cudnn': that backend, or a ValueError saying why it cannot take the call;
+- 'pallas': the first of the platform's kernels (PALLAS) that takes the call.
+"""
+import collections.abc
+import importlib
 import math
 
-import jax
 import jax.numpy as jnp
 
-from ssmax_jax.ops import masks, variants, xla
+from ssmax_jax.ops import _dispatch
+from ssmax_jax.ops.attention import masks, variants
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
+_MODULES = {"xla": "reference", "cudnn": "cudnn", "mosaic_gpu": "mosaic_gpu",
+            "triton": "triton", "mosaic_tpu": "mosaic_tpu"}
+# The kernels named 'pallas' on each platform, best first (CPU: Triton in interpret mode).
+PALLAS = {"gpu": ("mosaic_gpu", "triton"), "tpu": ("mosaic_tpu",), "cpu": ("triton",)}
+# What implementation=None tries on each platform. CPU: XLA (the kernels only interpret there).
+ORDER = {"gpu": ("cudnn", "mosaic_gpu", "triton", "xla"), "tpu": ("mosaic_tpu", "xla"),
+         "cpu": ("xla",)}
+
+
+class _Backends(collections.abc.Mapping):
+  """name -> backend module, imported when first asked for (a kernel's Pallas lowering loads
+  only on the platforms that may run it)."""
+
+  def __getitem__(self, name):
+    return importlib.import_module(f"ssmax_jax.ops.attention.{_MODULES[name]}")
+
+  def __iter__(self):
+    return iter(_MODULES)
+
+  def __len__(self):
+    return len(_MODULES)
+
+
+_BACKENDS = _Backends()
 
 
 def _check_qkv(query, key, value):
@@ -47,72 +82,28 @@ def _multiplier(spec, num_heads, s, b, logit_multiplier, n):
   return variants.logit_multiplier(variant, n, s=s, b=b, num_heads=num_heads)
 
 
-def _cudnn_supports(query, spec):
-  return (jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)
-          and spec.q_seg_BT is None and query.shape[-1] % 8 == 0 and query.shape[-1] <= 128
-          and (spec.window is None or (spec.causal and spec.window[1] == 0)))
+def _choose(implementation, query, key, spec, bias, default_positions):
+  """The name of the backend (a key of _MODULES) that runs this call."""
+  platform = _dispatch.platform()
+  return _dispatch.choose(
+      "attention", implementation, _BACKENDS, ORDER.get(platform, ORDER["cpu"]),
+      {"pallas": PALLAS.get(platform, PALLAS["cpu"])}, names=IMPLEMENTATIONS, query=query,
+      key=key, spec=spec, bias=bias, default_positions=default_positions, platform=platform)
 
 
-def _pallas_supports(spec, bias):
-  return bias is None and spec.mask_BNTS is None
-
-
-def _choose(implementation, query, spec, bias, default_positions):
-  if implementation is not None and implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation={implementation!r} is unknown; choose None or one of "
-                     f"{', '.join(map(repr, IMPLEMENTATIONS))}.")
-  if implementation == "pallas" and not _pallas_supports(spec, bias):
-    raise ValueError("implementation='pallas' does not take a dense mask or bias; express the mask"
-                     " with is_causal/segment_ids/local_window_size/lengths, or use 'xla'.")
-  if implementation == "cudnn" and (spec.q_seg_BT is not None or not default_positions):
-    raise ValueError("implementation='cudnn' does not take segment_ids or query_positions; use"
-                     " 'pallas' or 'xla'.")
-  if implementation is not None:
-    return implementation
-  platform = jax.default_backend()
-  if platform == "cpu":
-    return "xla"
-  if platform == "gpu" and default_positions and _cudnn_supports(query, spec):
-    return "cudnn"
-  if _pallas_supports(spec, bias) and (platform == "tpu" or query.dtype != jnp.float32):
-    return "pallas"
-  return "xla"
-
-
-def _run_pallas(q, k, v, c, spec, scale, default_positions):
-  platform = jax.default_backend()
-  if platform == "tpu":
-    from ssmax_jax.kernels import mosaic_tpu as backend
-  elif platform == "gpu":
-    # Hopper forward and backward (Mosaic GPU) where they apply; mosaic_gpu hands every other
-    # call, forward and backward, to the Triton kernels itself.
-    from ssmax_jax.kernels import mosaic_gpu as backend
-  else:  # CPU: the portable GPU kernel in interpret mode, so that its code is exercised
-    from ssmax_jax.kernels import triton_gpu as backend
+def _run(name, q, k, v, c, spec, *, scale, bias, n, default_positions):
+  backend = _BACKENDS[name]
+  if name == "xla":
+    return backend.attention_xla(q, k, v, c, spec, scale=scale, bias=bias)
+  if name == "cudnn":
+    return backend.attention_cudnn(q, k, v, c, spec, scale=scale, bias=bias, n=n)
   if c is None:
     c = jnp.ones(q.shape[:3], jnp.float32)
   # None tells the kernels that positions are arange(T), which enables their fastest paths.
   q_pos = None if default_positions else spec.q_pos_BT
   return backend.flash_attention(q, k, v, c, q_pos, spec.q_seg_BT, spec.kv_seg_BS,
                                  spec.kv_len_B, scale=scale, causal=spec.causal,
-                                 window=spec.window, interpret=platform == "cpu")
-
-
-def _run_cudnn(q, k, v, c, spec, scale, bias, n):
-  if c is not None:
-    # cuDNN has no multiplier input: fold c into q (rounded to q's dtype; docs/variants.md).
-    q = (q.astype(jnp.float32) * c[..., None]).astype(q.dtype)
-  mask = spec.mask_BNTS
-  out = jax.nn.dot_product_attention(
-      q, k, v, bias=bias, mask=mask, scale=scale, is_causal=spec.causal,
-      key_value_seq_lengths=spec.kv_len_B, local_window_size=spec.window,
-      implementation="cudnn")
-  # jax.nn returns mean(v) for a query with no key; we return zeros like every other backend.
-  # Where the mask rules that out, skip the pass (a read and write of `out`, and its backward).
-  if masks.every_query_attends(spec):
-    return out.astype(q.dtype)
-  attends = (n > 0) if n.ndim == 3 else (n > 0)[:, :, None]
-  return jnp.where(attends[..., None], out, 0).astype(q.dtype)
+                                 window=spec.window, interpret=_dispatch.platform() == "cpu")
 
 
 def dot_product_attention(query, key, value, bias=None, mask=None, *, s=None, b=None,
@@ -129,8 +120,9 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, s=None, b=
   ([B,T] or [T], default arange(T)), segment_ids ([B,T], or a ([B,T], [B,S]) pair),
   local_window_size ((left, right) or int), key_value_seq_lengths [B], dense boolean `mask`
   broadcastable to [B,N,T,S]. bias is added to the logits after c and does not change n.
-  query_seq_lengths [B] zeroes the rows past each length. implementation: None (fastest for the
-  platform and arguments), 'xla', 'cudnn' or 'pallas'. Returns [B,T,N,H] in query's dtype.
+  query_seq_lengths [B] zeroes the rows past each length. implementation: None (or 'auto': the
+  fastest for the platform and arguments), 'xla', 'cudnn' or 'pallas'. Returns [B,T,N,H] in
+  query's dtype.
   """
   _check_qkv(query, key, value)
   B, T, N, H = query.shape
@@ -147,19 +139,15 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, s=None, b=
       raise ValueError(f"bias has shape {bias.shape}, not broadcastable to [B,N,T,S]="
                        f"{[B, N, T, key.shape[1]]}.") from None
   _check_c_args(s, b, logit_multiplier)
-  impl = _choose(implementation, query, spec, bias, query_positions is None)
+  default_positions = query_positions is None
+  impl = _choose(implementation, query, key, spec, bias, default_positions)
   # n serves s (and b) and cuDNN's zeroing of empty rows: counted once, only if needed.
   zeroes_empty_rows = impl == "cudnn" and not masks.every_query_attends(spec)
   n = masks.counts_from_spec(spec) if (s is not None or zeroes_empty_rows) else None
   c = _multiplier(spec, N, s, b, logit_multiplier, n)
   scale = 1.0 / math.sqrt(H) if scale is None else float(scale)
-
-  if impl == "xla":
-    out = xla.attention_xla(query, key, value, c, spec, scale=scale, bias=bias)
-  elif impl == "cudnn":
-    out = _run_cudnn(query, key, value, c, spec, scale, bias, n)
-  else:
-    out = _run_pallas(query, key, value, c, spec, scale, query_positions is None)
+  out = _run(impl, query, key, value, c, spec, scale=scale, bias=bias, n=n,
+             default_positions=default_positions)
   if spec.q_valid_B is not None:
     valid_BT = jnp.arange(T)[None, :] < spec.q_valid_B[:, None]
     out = jnp.where(valid_BT[:, :, None, None], out, 0).astype(out.dtype)

@@ -1,0 +1,29 @@
+"""Math the block-skipping kernels share (triton.py and mosaic_tpu.py; LOG2E also mosaic_gpu).
+
+Both kernels skip block pairs from the per-block ranges of query positions and segment ids,
+and both write their matmuls as the two dot_generals below (float32 accumulation, the
+precision each backend picks for its inputs).
+"""
+import math
+
+from jax import lax
+import jax.numpy as jnp
+
+LOG2E = math.log2(math.e)   # kernels that exponentiate in base 2 fold it into the multiplier
+
+
+def block_ranges(x_BT, block):
+  """Per-block min and max of an int [B,T] array (T a multiple of block): two [B,T/block]."""
+  B, T = x_BT.shape
+  x = x_BT.reshape(B, T // block, block)
+  return x.min(-1), x.max(-1)
+
+
+def dot_nt(a, b, precision):  # a [M,K] . b [N,K]^T -> [M,N] float32
+  return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision,
+                         preferred_element_type=jnp.float32)
+
+
+def dot_nn(a, b, precision):  # a [M,K] . b [K,N] -> [M,N] float32
+  return lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=precision,
+                         preferred_element_type=jnp.float32)
