@@ -44,13 +44,13 @@ def _custom_backward(backward):
 def _sorted_segment_sum(tokens_BT, g_BTD, vocab):
   flat = tokens_BT.reshape(-1)
   order = jnp.argsort(flat)
-  g_ND = g_BTD.reshape(flat.shape[0], -1).astype(jnp.float32)[order]
-  return jax.ops.segment_sum(g_ND, flat[order], num_segments=vocab, indices_are_sorted=True)
+  g_MD = g_BTD.reshape(flat.shape[0], -1).astype(jnp.float32)[order]
+  return jax.ops.segment_sum(g_MD, flat[order], num_segments=vocab, indices_are_sorted=True)
 
 
 def _one_hot_matmul(tokens_BT, g_BTD, vocab):
-  onehot_NV = jax.nn.one_hot(tokens_BT.reshape(-1), vocab, dtype=jnp.bfloat16)
-  return jnp.einsum("nv,nd->vd", onehot_NV, g_BTD.reshape(onehot_NV.shape[0], -1),
+  onehot_MV = jax.nn.one_hot(tokens_BT.reshape(-1), vocab, dtype=jnp.bfloat16)
+  return jnp.einsum("nv,nd->vd", onehot_MV, g_BTD.reshape(onehot_MV.shape[0], -1),
                     preferred_element_type=jnp.float32)
 
 

@@ -40,11 +40,11 @@ def piece_bounds(doc_starts: np.ndarray, seq_len: int) -> np.ndarray:
 class _ReadPiece:
   """Piece index -> {'inputs': [l] int32, 'targets': [l] int32}, l <= seq_len. Picklable."""
 
-  def __init__(self, corpus: TokenCorpus, bounds_P2: np.ndarray):
-    self.corpus, self.bounds_P2 = corpus, bounds_P2
+  def __init__(self, corpus: TokenCorpus, bounds_X2: np.ndarray):
+    self.corpus, self.bounds_X2 = corpus, bounds_X2
 
   def __call__(self, index: int) -> dict:
-    start, end = self.bounds_P2[index]
+    start, end = self.bounds_X2[index]
     piece = np.asarray(self.corpus.tokens[start:end], dtype=np.int32)
     return {'inputs': piece[:-1], 'targets': piece[1:]}
 
@@ -86,14 +86,14 @@ def _rows(corpus: TokenCorpus, seq_len: int, shard_index: int, shard_count: int,
           seed: int | None, local_batch: int) -> grain.IterDataset:
   """Rows (dicts of [T] arrays, no loss mask) of this host's shard; endless if seed is given."""
   doc_starts = corpus.doc_starts if packing else np.asarray([0, corpus.num_tokens])
-  bounds_P2 = piece_bounds(doc_starts, seq_len)
-  if len(bounds_P2) < shard_count:
-    raise ValueError(f'corpus has {len(bounds_P2)} pieces of seq_len {seq_len}, fewer than '
+  bounds_X2 = piece_bounds(doc_starts, seq_len)
+  if len(bounds_X2) < shard_count:
+    raise ValueError(f'corpus has {len(bounds_X2)} pieces of seq_len {seq_len}, fewer than '
                      f'shard_count {shard_count}: use more data.')
-  ds = grain.MapDataset.range(len(bounds_P2))[shard_index::shard_count]
+  ds = grain.MapDataset.range(len(bounds_X2))[shard_index::shard_count]
   if seed is not None:
     ds = ds.shuffle(seed=seed).repeat()  # a new permutation every epoch
-  ds = ds.map(_ReadPiece(corpus, bounds_P2)).to_iter_dataset()
+  ds = ds.map(_ReadPiece(corpus, bounds_X2)).to_iter_dataset()
   if not packing:
     return ds.map(_pad_row(seq_len))
   packed = grain.experimental.FirstFitPackIterDataset(

@@ -53,10 +53,10 @@ def greedy_decode(model, prompt_BT, max_new: int, *, rope_theta=None) -> np.ndar
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "answer_len"))
-def _teacher_forced(graphdef, state, tokens_BL, start, rope_theta, answer_len):
+def _teacher_forced(graphdef, state, tokens_BT, start, rope_theta, answer_len):
   model = nnx.merge(graphdef, state)
-  h_BLD = model.hidden(tokens_BL, rope_theta=rope_theta)
-  h_BAD = jax.lax.dynamic_slice_in_dim(h_BLD, start - 1, answer_len, axis=1)
+  h_BTD = model.hidden(tokens_BT, rope_theta=rope_theta)
+  h_BAD = jax.lax.dynamic_slice_in_dim(h_BTD, start - 1, answer_len, axis=1)
   return jnp.argmax(model.logits(h_BAD), -1).astype(jnp.int32)
 
 

@@ -165,22 +165,22 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, vec_ref, dk_ref, dv_ref, smem, read
         return (s_acc[...],) + vecs
 
       acc = plgpu.ACC((bk, block_q), jnp.float32)
-      s_KC, lse_C, delta_C, c_C = pl.run_scoped(scores, acc)
-      p_KC = jnp.exp2(s_KC * cols_of(c_C * (scale * LOG2E)) - cols_of(lse_C))
+      s_RC, lse_C, delta_C, c_C = pl.run_scoped(scores, acc)
+      p_RC = jnp.exp2(s_RC * cols_of(c_C * (scale * LOG2E)) - cols_of(lse_C))
       if masked:
-        j = plgpu.broadcasted_iota(jnp.int32, p_KC.shape, 0, layout=plgpu.Layout.WGMMA)
-        r = plgpu.broadcasted_iota(jnp.int32, p_KC.shape, 1, layout=plgpu.Layout.WGMMA)
-        p_KC = jnp.where(j + key0 <= r + qb * block_q, p_KC, 0.0)
+        j = plgpu.broadcasted_iota(jnp.int32, p_RC.shape, 0, layout=plgpu.Layout.WGMMA)
+        r = plgpu.broadcasted_iota(jnp.int32, p_RC.shape, 1, layout=plgpu.Layout.WGMMA)
+        p_RC = jnp.where(j + key0 <= r + qb * block_q, p_RC, 0.0)
       plgpu.barrier_wait(do_ready.at[slot])
 
       def dp_and_dv(dp_acc):
         plgpu.wgmma(dp_acc, v_smem, do_smem.at[slot].transpose((1, 0)))
-        plgpu.wgmma(dv_acc, p_KC.astype(dtype), do_smem.at[slot])
+        plgpu.wgmma(dv_acc, p_RC.astype(dtype), do_smem.at[slot])
         return plgpu.wgmma_accumulator_load(dp_acc, wait_n=1)   # P^T.dO keeps running
 
-      dp_KC = pl.run_scoped(dp_and_dv, acc)
-      ds_KC = p_KC * (dp_KC - cols_of(delta_C)) * cols_of(c_C)
-      plgpu.wgmma(dk_acc, ds_KC.astype(dtype), q_smem.at[slot])
+      dp_RC = pl.run_scoped(dp_and_dv, acc)
+      ds_RC = p_RC * (dp_RC - cols_of(delta_C)) * cols_of(c_C)
+      plgpu.wgmma(dk_acc, ds_RC.astype(dtype), q_smem.at[slot])
       plgpu.wgmma_wait(1)
       plgpu.barrier_arrive(do_free.at[slot])
       plgpu.wgmma_wait(0)
@@ -201,9 +201,9 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, vec_ref, dk_ref, dv_ref, smem, read
       return dk_acc[...], dv_acc[...]
 
     acc = plgpu.ACC(k_smem.shape, jnp.float32)
-    dk_KH, dv_KH = pl.run_scoped(accumulate, acc, acc)
-    k_smem[...] = (dk_KH * scale).astype(dtype)
-    v_smem[...] = dv_KH.astype(dtype)
+    dk_RH, dv_RH = pl.run_scoped(accumulate, acc, acc)
+    k_smem[...] = (dk_RH * scale).astype(dtype)
+    v_smem[...] = dv_RH.astype(dtype)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(k_smem, dk_ref.at[keys], commit_group=False)
     plgpu.copy_smem_to_gmem(v_smem, dv_ref.at[keys])

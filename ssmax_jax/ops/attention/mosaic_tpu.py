@@ -108,11 +108,11 @@ def _side_arrays(cfg, q_pos_BT, q_seg_BT, kv_seg_BS):
   return side
 
 
-def _tile_lanes(x_QL, width):
+def _tile_lanes(x_RW, width):
   """[Q,128] lane-replicated values -> [Q,width] (width <= 128 or a multiple of 128)."""
   if width <= LANES:
-    return x_QL[:, :width]
-  return jnp.tile(x_QL, (1, width // LANES))
+    return x_RW[:, :width]
+  return jnp.tile(x_RW, (1, width // LANES))
 
 
 def _precision(dtype):
@@ -132,29 +132,29 @@ def _dot_nn(a, b):  # a [M,K] . b [K,N] -> [M,N] float32
 # Masks, block ranges, block classification.
 
 
-def _allowed_QK(cfg, b, kv_block, sc, q_pos_ref, q_seg_ref, kv_seg_ref):
+def _allowed_RC(cfg, b, kv_block, sc, q_pos_ref, q_seg_ref, kv_seg_ref):
   """Boolean [Tq,Tk] mask of one block pair, or None when nothing can be masked."""
   shape = (cfg.block_q, cfg.block_k)
   reps = cfg.block_k // LANES
-  key_QK = kv_block * cfg.block_k + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
-  ok_QK = None
+  key_RC = kv_block * cfg.block_k + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+  ok_RC = None
 
   def both(x, y):
     return y if x is None else jnp.logical_and(x, y)
 
   if cfg.needs_positions:
-    pos_QK = jnp.tile(q_pos_ref[0], (1, reps))
+    pos_RC = jnp.tile(q_pos_ref[0], (1, reps))
     if cfg.causal:
-      ok_QK = both(ok_QK, key_QK <= pos_QK)
+      ok_RC = both(ok_RC, key_RC <= pos_RC)
     if cfg.window is not None:
       left, right = cfg.window
-      ok_QK = both(ok_QK, (key_QK >= pos_QK - left) & (key_QK <= pos_QK + right))
+      ok_RC = both(ok_RC, (key_RC >= pos_RC - left) & (key_RC <= pos_RC + right))
   if cfg.has_segments:
-    seg_QK = jnp.tile(q_seg_ref[0], (1, reps))
-    ok_QK = both(ok_QK, seg_QK == kv_seg_ref[0, 0:1, :])
+    seg_RC = jnp.tile(q_seg_ref[0], (1, reps))
+    ok_RC = both(ok_RC, seg_RC == kv_seg_ref[0, 0:1, :])
   if cfg.mask_lengths:
-    ok_QK = both(ok_QK, key_QK < sc.kv_len[b])
-  return ok_QK
+    ok_RC = both(ok_RC, key_RC < sc.kv_len[b])
+  return ok_RC
 
 
 def _classify(cfg, sc, b, i, j, nq, nk):
@@ -289,36 +289,36 @@ def _fwd_kernel(*refs, cfg):
     acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
   def step(masked):
-    q_QH, k_KH, v_KH = q_ref[0, 0], k_ref[0, 0], v_ref[0, 0]
-    cs_QL = c_ref[0, 0] * cfg.scale
-    z_QK = _dot_nt(q_QH, k_KH) * jnp.tile(cs_QL, (1, reps))
-    ok_QK = _allowed_QK(cfg, b, j, sc, *side_refs) if masked else None
-    if ok_QK is not None:
-      z_QK = jnp.where(ok_QK, z_QK, MASKED)
-    m_prev_QL = m_ref[...]
-    m_next_QL = jnp.maximum(m_prev_QL, z_QK.max(axis=1, keepdims=True))
-    p_QK = jnp.exp(z_QK - jnp.tile(m_next_QL, (1, reps)))
-    if ok_QK is not None:
-      p_QK = jnp.where(ok_QK, p_QK, 0.0)
-    alpha_QL = jnp.exp(m_prev_QL - m_next_QL)
-    l_ref[...] = alpha_QL * l_ref[...] + p_QK.sum(axis=1, keepdims=True)
-    m_ref[...] = m_next_QL
-    pv_QH = _dot_nn(p_QK.astype(v_KH.dtype), v_KH)
-    acc_ref[...] = acc_ref[...] * _tile_lanes(alpha_QL, H) + pv_QH
+    q_RH, k_CH, v_CH = q_ref[0, 0], k_ref[0, 0], v_ref[0, 0]
+    cs_RW = c_ref[0, 0] * cfg.scale
+    z_RC = _dot_nt(q_RH, k_CH) * jnp.tile(cs_RW, (1, reps))
+    ok_RC = _allowed_RC(cfg, b, j, sc, *side_refs) if masked else None
+    if ok_RC is not None:
+      z_RC = jnp.where(ok_RC, z_RC, MASKED)
+    m_prev_RW = m_ref[...]
+    m_next_RW = jnp.maximum(m_prev_RW, z_RC.max(axis=1, keepdims=True))
+    p_RC = jnp.exp(z_RC - jnp.tile(m_next_RW, (1, reps)))
+    if ok_RC is not None:
+      p_RC = jnp.where(ok_RC, p_RC, 0.0)
+    alpha_RW = jnp.exp(m_prev_RW - m_next_RW)
+    l_ref[...] = alpha_RW * l_ref[...] + p_RC.sum(axis=1, keepdims=True)
+    m_ref[...] = m_next_RW
+    pv_RH = _dot_nn(p_RC.astype(v_CH.dtype), v_CH)
+    acc_ref[...] = acc_ref[...] * _tile_lanes(alpha_RW, H) + pv_RH
 
   _when_block(cfg, sc, b, i, j, nq, nk, step)
 
   @pl.when(j == nk - 1)
   def _finish():
-    l_QL = l_ref[...]
-    attends_QL = l_QL > 0.0
-    safe_l_QL = jnp.where(attends_QL, l_QL, 1.0)
-    o_ref[0, 0] = acc_ref[...] * _tile_lanes(jnp.where(attends_QL, 1.0 / safe_l_QL, 0.0), H)
+    l_RW = l_ref[...]
+    attends_RW = l_RW > 0.0
+    safe_l_RW = jnp.where(attends_RW, l_RW, 1.0)
+    o_ref[0, 0] = acc_ref[...] * _tile_lanes(jnp.where(attends_RW, 1.0 / safe_l_RW, 0.0), H)
     # +inf for a query with no key: exp(z - lse) is then 0 in the backward.
-    lse_ref[0, 0] = jnp.where(attends_QL, m_ref[...] + jnp.log(safe_l_QL), jnp.inf)
+    lse_ref[0, 0] = jnp.where(attends_RW, m_ref[...] + jnp.log(safe_l_RW), jnp.inf)
 
 
-def _forward(cfg, q_BNTH, k_BKSH, v_BKSH, c_BNTL, ids, sc):
+def _forward(cfg, q_BNTH, k_BKSH, v_BKSH, c_BNTW, ids, sc):
   B, N, T, H = q_BNTH.shape
   nq, nk = T // cfg.block_q, k_BKSH.shape[2] // cfg.block_k
   q_spec, kv_spec, row_spec, side_specs = _q_major_specs(cfg, nq, H)
@@ -337,7 +337,7 @@ def _forward(cfg, q_BNTH, k_BKSH, v_BKSH, c_BNTL, ids, sc):
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
       interpret=cfg.interpret,
       name="ssmax_flash_fwd",
-  )(*sc, q_BNTH, k_BKSH, v_BKSH, c_BNTL, *_side_arrays(cfg, *ids))
+  )(*sc, q_BNTH, k_BKSH, v_BKSH, c_BNTW, *_side_arrays(cfg, *ids))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,13 +345,13 @@ def _forward(cfg, q_BNTH, k_BKSH, v_BKSH, c_BNTL, ids, sc):
 # G query heads of a kv head and over query blocks).
 
 
-def _probs_QK(cfg, b, j, sc, side_refs, masked, q_QH, k_KH, cs_QL, lse_QL):
+def _probs_RC(cfg, b, j, sc, side_refs, masked, q_RH, k_CH, cs_RW, lse_RW):
   """(probabilities, q.k before the multiplier) of one block pair, both float32 [Tq,Tk]."""
   reps = cfg.block_k // LANES
-  qk_QK = _dot_nt(q_QH, k_KH)
-  p_QK = jnp.exp(qk_QK * jnp.tile(cs_QL, (1, reps)) - jnp.tile(lse_QL, (1, reps)))
-  ok_QK = _allowed_QK(cfg, b, j, sc, *side_refs) if masked else None
-  return (p_QK if ok_QK is None else jnp.where(ok_QK, p_QK, 0.0)), qk_QK
+  qk_RC = _dot_nt(q_RH, k_CH)
+  p_RC = jnp.exp(qk_RC * jnp.tile(cs_RW, (1, reps)) - jnp.tile(lse_RW, (1, reps)))
+  ok_RC = _allowed_RC(cfg, b, j, sc, *side_refs) if masked else None
+  return (p_RC if ok_RC is None else jnp.where(ok_RC, p_RC, 0.0)), qk_RC
 
 
 def _dq_kernel(*refs, cfg):
@@ -370,22 +370,22 @@ def _dq_kernel(*refs, cfg):
     dc_acc_ref[...] = jnp.zeros(dc_acc_ref.shape, jnp.float32)
 
   def step(masked):
-    q_QH, k_KH, v_KH, do_QH = q_ref[0, 0], k_ref[0, 0], v_ref[0, 0], do_ref[0, 0]
-    cs_QL = c_ref[0, 0] * cfg.scale
-    p_QK, qk_QK = _probs_QK(cfg, b, j, sc, side_refs, masked, q_QH, k_KH, cs_QL, lse_ref[0, 0])
-    dp_QK = _dot_nt(do_QH, v_KH)
-    dz_QK = p_QK * (dp_QK - jnp.tile(di_ref[0, 0], (1, reps)))  # d loss / d logit
-    dq_acc_ref[...] += _dot_nn(dz_QK.astype(k_KH.dtype), k_KH)
+    q_RH, k_CH, v_CH, do_RH = q_ref[0, 0], k_ref[0, 0], v_ref[0, 0], do_ref[0, 0]
+    cs_RW = c_ref[0, 0] * cfg.scale
+    p_RC, qk_RC = _probs_RC(cfg, b, j, sc, side_refs, masked, q_RH, k_CH, cs_RW, lse_ref[0, 0])
+    dp_RC = _dot_nt(do_RH, v_CH)
+    dz_RC = p_RC * (dp_RC - jnp.tile(di_ref[0, 0], (1, reps)))  # d loss / d logit
+    dq_acc_ref[...] += _dot_nn(dz_RC.astype(k_CH.dtype), k_CH)
     # dc from the float32 products, not from dQ: dQ's matmul rounds dz to k's dtype, and dc is
     # a sum of terms that cancel (each row of dz sums to zero).
-    dc_acc_ref[...] += (dz_QK * qk_QK).sum(axis=1, keepdims=True)
+    dc_acc_ref[...] += (dz_RC * qk_RC).sum(axis=1, keepdims=True)
 
   _when_block(cfg, sc, b, i, j, nq, nk, step)
 
   @pl.when(j == nk - 1)
   def _finish():
-    cs_QL = c_ref[0, 0] * cfg.scale
-    dq_ref[0, 0] = (dq_acc_ref[...] * _tile_lanes(cs_QL, H)).astype(dq_ref.dtype)
+    cs_RW = c_ref[0, 0] * cfg.scale
+    dq_ref[0, 0] = (dq_acc_ref[...] * _tile_lanes(cs_RW, H)).astype(dq_ref.dtype)
     dc_ref[0, 0] = dc_acc_ref[...] * cfg.scale
 
 
@@ -404,13 +404,13 @@ def _dkv_kernel(*refs, cfg):
     dv_acc_ref[...] = jnp.zeros(dv_acc_ref.shape, jnp.float32)
 
   def step(masked):
-    q_QH, k_KH, v_KH, do_QH = q_ref[0, 0], k_ref[0, 0], v_ref[0, 0], do_ref[0, 0]
-    cs_QL = c_ref[0, 0] * cfg.scale
-    p_QK, _ = _probs_QK(cfg, b, j, sc, side_refs, masked, q_QH, k_KH, cs_QL, lse_ref[0, 0])
-    dv_acc_ref[...] += _dot_nn(p_QK.T.astype(do_QH.dtype), do_QH)
-    dp_QK = _dot_nt(do_QH, v_KH)
-    ds_QK = p_QK * (dp_QK - jnp.tile(di_ref[0, 0], (1, reps))) * jnp.tile(cs_QL, (1, reps))
-    dk_acc_ref[...] += _dot_nn(ds_QK.T.astype(q_QH.dtype), q_QH)
+    q_RH, k_CH, v_CH, do_RH = q_ref[0, 0], k_ref[0, 0], v_ref[0, 0], do_ref[0, 0]
+    cs_RW = c_ref[0, 0] * cfg.scale
+    p_RC, _ = _probs_RC(cfg, b, j, sc, side_refs, masked, q_RH, k_CH, cs_RW, lse_ref[0, 0])
+    dv_acc_ref[...] += _dot_nn(p_RC.T.astype(do_RH.dtype), do_RH)
+    dp_RC = _dot_nt(do_RH, v_CH)
+    ds_RC = p_RC * (dp_RC - jnp.tile(di_ref[0, 0], (1, reps))) * jnp.tile(cs_RW, (1, reps))
+    dk_acc_ref[...] += _dot_nn(ds_RC.T.astype(q_RH.dtype), q_RH)
 
   _when_block(cfg, sc, b, i, j, nq, nk, step)
 
@@ -432,7 +432,7 @@ def _backward(cfg, res, do_BNTH):
   params = lambda sem: pltpu.CompilerParams(dimension_semantics=sem)
 
   q_spec, kv_spec, row_spec, side_specs = _q_major_specs(cfg, nq, H)
-  dq_BNTH, dc_BNTL = pl.pallas_call(
+  dq_BNTH, dc_BNTW = pl.pallas_call(
       functools.partial(_dq_kernel, cfg=cfg),
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=len(sc), grid=(B, N, nq, nk),
@@ -473,7 +473,7 @@ def _backward(cfg, res, do_BNTH):
       interpret=cfg.interpret,
       name="ssmax_flash_dkv",
   )(*sc, *ins)
-  return dq_BNTH, dk_BKSH, dv_BKSH, dc_BNTL[..., 0]
+  return dq_BNTH, dk_BKSH, dv_BKSH, dc_BNTW[..., 0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -483,9 +483,9 @@ def _attention(cfg, q_BNTH, k_BKSH, v_BKSH, c_BNT, ids, sc):
 
 
 def _attention_fwd(cfg, q_BNTH, k_BKSH, v_BKSH, c_BNT, ids, sc):
-  o32_BNTH, lse_BNTL = _forward(cfg, q_BNTH, k_BKSH, v_BKSH, _lanes(c_BNT), ids, sc)
+  o32_BNTH, lse_BNTW = _forward(cfg, q_BNTH, k_BKSH, v_BKSH, _lanes(c_BNT), ids, sc)
   # Residuals keep one value per query: the 128-lane copies exist only around each kernel call.
-  res = (q_BNTH, k_BKSH, v_BKSH, c_BNT, ids, sc, o32_BNTH, lse_BNTL[..., 0])
+  res = (q_BNTH, k_BKSH, v_BKSH, c_BNT, ids, sc, o32_BNTH, lse_BNTW[..., 0])
   return o32_BNTH.astype(q_BNTH.dtype), res
 
 
