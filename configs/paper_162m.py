@@ -26,18 +26,18 @@ def get_config():
                  log_every=20)
   # The loss in one chunk per micro-batch of 32 x 1,024 tokens: the step skips the chunk loop's
   # slicing and its float32 accumulation of the output matrix's gradient. +1.1-1.6% on the H200
-  # against chunks of 8,192 (docs/performance.md, eighth measurement), for 16.1 instead of 11.7
-  # GiB of temporaries (experiments/compile_offline.py). With less GPU memory, lower it:
+  # against chunks of 8,192 (benchmarks/bench_train.py --chunk), for 16.1 instead of
+  # 11.7 GiB of temporaries (benchmarks/compile_offline.py). With less GPU memory, lower it:
   # --config.train.loss_chunk_tokens=8192. The count is global: on D data-parallel devices with
   # 32 sequences each, 32 * 1024 * D keeps one chunk.
   c.train.loss_chunk_tokens = 32 * 1024
   # The logits matmul's output stored in bf16 like the other bf16 activations (the loss's
   # reductions stay float32): measured faster on the H200, 520,690 tokens/s with the loss kernel
-  # against 495,951 with float32 and XLA (docs/performance.md). float32 by
+  # against 495,951 with float32 and XLA (benchmarks/bench_train.py). float32 by
   # --config.train.loss_logits_dtype=float32.
   c.train.loss_logits_dtype = "bfloat16"
   # cuBLAS for every GEMM (no Triton GEMM fusions): 0.6-1.4% faster on the H200 in five
-  # same-call comparisons (docs/performance.md). Applied by the launcher (config.xla_flags).
+  # same-call comparisons (benchmarks/gpu_ab.sh). Applied by the launcher (config.xla_flags).
   c.xla_flags = "--xla_gpu_enable_triton_gemm=false"
   c.optimizer.update(lr=6e-4, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0,
                      schedule="constant", warmup_steps=1000)

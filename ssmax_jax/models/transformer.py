@@ -117,7 +117,7 @@ class Transformer(nnx.Module):
     # Gather, then cast: the backward scatter-adds into the table in its own dtype. Real text
     # repeats a few tokens thousands of times per batch: a bf16 sum of that many terms drops the
     # small ones, and contended bf16 atomics are slow (H200, 128 x 1024 tokens of Python: 395 ms
-    # in bf16, 0.5 ms in float32; docs/performance.md).
+    # in bf16, 0.5 ms in float32; benchmarks/bench_embedding.py).
     x_BTD = self.embed[...][tokens_BT].astype(self.config.dtype)
     x_BTD = shard(x_BTD, ("act_batch", "act_seq", "act_embed"))
     kwargs = dict(positions_BT=positions_BT, segment_ids_BT=segment_ids_BT,

@@ -71,8 +71,8 @@ def project_rotate_qk(x_BTD, wq_DF, wk_DF, positions_BT, theta, head_dim):
   and to sum the three input-gradient GEMMs with a separate add. Here the backward rotates dq
   and dk straight into one stacked array that feeds both the weight- and the input-gradient
   GEMM. Optimization barriers on x keep the dot merger from merging these GEMMs with v's
-  projection, which would bring the concatenations back. docs/performance.md, seventh
-  measurement: 3.7 GB less traffic per step of the paper model, counted on the compiled step.
+  projection, which would bring the concatenations back. 3.7 GB less traffic per step of the
+  paper model, counted by benchmarks/compile_offline.py.
   """
   B, T, _ = x_BTD.shape
   w_D2F = jnp.stack([wq_DF, wk_DF], axis=1)

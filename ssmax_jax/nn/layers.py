@@ -64,7 +64,7 @@ def rope(x_BTNH, positions_BT, theta, inverse=False):
   Written as x * cos + swap_halves(x) * (-sin, sin), without a concatenate: every op is then
   elementwise (reversing an axis of 2 is an index map), so XLA fuses the rotation into the
   kernels around it (the SSMax multiplier forward, the s gradient's reduction backward) instead
-  of writing the rotated halves out (docs/performance.md, sixth measurement).
+  of writing the rotated halves out (benchmarks/compile_offline.py counts the traffic).
   """
   H = x_BTNH.shape[-1]
   cos_BTF, sin_BTF = rope_cos_sin(positions_BT, theta, H)

@@ -36,7 +36,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.distributed = False  # True: jax.distributed.initialize() (one process per host)
   # Appended to XLA_FLAGS by the launcher before JAX starts its backends (apply_xla_flags);
-  # paper_162m turns Triton GEMMs off (cuBLAS only), measured faster on the H200.
+  # paper_162m turns Triton GEMMs off (cuBLAS only), faster on the H200 (benchmarks/gpu_ab.sh).
   c.xla_flags = ""
   c.model = _model_defaults()
 

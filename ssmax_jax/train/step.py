@@ -59,7 +59,7 @@ def make_train_step(graphdef, state_treedef, leaf_shardings, batch_sharding, met
   being state_treedef and leaf_shardings its leaves' shardings; batch: dict of [B,T] arrays
   (global). The step takes the leaves, not the nnx.State: flattening and rebuilding that nested
   pytree in Python cost 4.7-7.9 ms of host time per call for the paper model's 372 leaves on a
-  2-core CPU host, against 2.0-2.5 ms with the leaves (docs/performance.md, sixth measurement).
+  2-core CPU host, against 2.0-2.5 ms with the leaves (benchmarks/bench_train.py, host_ms).
   loss_kwargs: loss_sum's options (`loss_options(config)`; None: its defaults).
   metrics: loss (mean over loss tokens), grad_norm, tokens, and s (b) per layer and head.
   """
