@@ -9,6 +9,7 @@ before timing. Prints a markdown table last and writes the rows as JSON to --out
 
   python -m benchmarks.bench_attention --out_json=/tmp/bench.json
 """
+import dataclasses
 import json
 import math
 import sys
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.timing import median_s
-from ssmax_jax.kernels import triton_gpu
+from ssmax_jax.ops.attention import triton
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_json", None, "Write the result rows here as JSON.")
@@ -32,7 +33,7 @@ flags.DEFINE_list("rows", ["triton", "mosaic", "cudnn", "tokamax_mosaic", "tokam
 flags.DEFINE_integer("iters", 20, "Timed calls per measurement (median reported).")
 flags.DEFINE_integer("xla_max_t", 8192, "Skip XLA (materialises T x T) above this T.")
 flags.DEFINE_string("mosaic_variants", "", "Extra Mosaic GPU tiles to time at every shape: "
-                    "';'-separated mosaic_gpu.Tiles fields: "
+                    "';'-separated mosaic_gpu.Settings fields: "
                     "'block_kv,stages[,dq_block_kv,dq_stages,dkv_block_q,dkv_stages]'.")
 flags.DEFINE_string("triton_variants", "", "Extra Triton block configs to time at every shape: "
                     "';'-separated 'name:fwd=bq,bk,warps,stages/dq=.../dkdv=...'.")
@@ -49,18 +50,34 @@ def _multiplier(s_N, T):
   return s_N[None, None, :] * log_n[None, :, None]          # [1,T,N]
 
 
-def _ours(module, blocks=None, tiles=None):
+def _ours(module, settings=None):
   """attn(q, k, v, s_N or None) through one of our kernels; None means plain softmax (c = 1)."""
   def attn(q, k, v, s_N):
     B, T, N, H = q.shape
     c = jnp.ones((B, T, N), jnp.float32) if s_N is None else jnp.broadcast_to(
         _multiplier(s_N, T), (B, T, N))
-    kw = {} if blocks is None else dict(block_q=blocks["fwd"][0], block_k=blocks["fwd"][1],
-                                        backward_blocks=blocks)
-    if tiles is not None:
-      kw = dict(tiles=tiles)
     return module.flash_attention(q, k, v, c, None, None, None, None, scale=1 / math.sqrt(H),
-                                  causal=True, window=None, **kw)
+                                  causal=True, window=None, settings=settings)
+  return attn
+
+
+def _mosaic_reason(q, k, settings=None):
+  """Why the Hopper kernels cannot take this shape (None when they can)."""
+  from ssmax_jax.ops.attention import mosaic_gpu  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() != "gpu" or not mosaic_gpu._on_hopper():
+    return "not a Hopper GPU"
+  settings = settings or mosaic_gpu.default_settings(q.shape[-1])
+  return mosaic_gpu.kernel_reason(q, k, None, None, None, None, None, None, window=None,
+                                  settings=settings)
+
+
+def _mosaic(settings=None):
+  """The Hopper kernels where they take the shape, else Triton (as the op chooses)."""
+  from ssmax_jax.ops.attention import mosaic_gpu  # pylint: disable=g-import-not-at-top
+  hopper, fallback = _ours(mosaic_gpu, settings), _ours(triton)
+
+  def attn(q, k, v, s_N):
+    return (fallback if _mosaic_reason(q, k, settings) else hopper)(q, k, v, s_N)
   return attn
 
 
@@ -102,27 +119,29 @@ def _import_tokamax():
 
 def _parse_variant(text):
   name, spec = text.split(":")
-  blocks = dict(triton_gpu.default_blocks(128, jnp.bfloat16))
+  blocks = dataclasses.asdict(triton.default_settings(128))
   for part in spec.split("/"):
     key, vals = part.split("=")
     blocks[key] = tuple(int(x) for x in vals.split(","))
-  return name, blocks
+  return name, triton.Settings(**blocks)
 
 
 def _implementations(tokamax_version):
   impls = {}
   if "triton" in FLAGS.rows:
-    impls["triton"] = _ours(triton_gpu)
+    impls["triton"] = _ours(triton)
     for text in filter(None, FLAGS.triton_variants.split(";")):
-      name, blocks = _parse_variant(text)
-      impls[f"triton[{name}]"] = _ours(triton_gpu, blocks)
+      name, settings = _parse_variant(text)
+      impls[f"triton[{name}]"] = _ours(triton, settings)
   if "mosaic" in FLAGS.rows:
     try:
-      from ssmax_jax.kernels import mosaic_gpu  # pylint: disable=g-import-not-at-top
-      impls["mosaic"] = _ours(mosaic_gpu)
+      from ssmax_jax.ops.attention import mosaic_gpu  # pylint: disable=g-import-not-at-top
+      impls["mosaic"] = _mosaic()
       for text in filter(None, FLAGS.mosaic_variants.split(";")):
-        tiles = mosaic_gpu.Tiles(*(int(x) for x in text.split(",")))
-        impls[f"mosaic[{text}]"] = _ours(mosaic_gpu, tiles=tiles)
+        fields = [f.name for f in dataclasses.fields(mosaic_gpu.Settings)]
+        settings = dataclasses.replace(mosaic_gpu.default_settings(128), **dict(
+            zip(fields, (int(x) for x in text.split(",")))))
+        impls[f"mosaic[{text}]"] = _mosaic(settings)
     except Exception as e:  # noqa: BLE001 -- report and go on with the other rows
       print(f"mosaic_gpu kernel not importable: {type(e).__name__}: {e}", flush=True)
   if "cudnn" in FLAGS.rows:
@@ -140,9 +159,7 @@ def _measure(name, attn, variant, q, k, v, s_N, ref):
   B, T, N, H = q.shape
   row = dict(impl=name, variant=variant, B=B, T=T, N=N, H=H)
   if name.startswith("mosaic"):
-    from ssmax_jax.kernels import mosaic_gpu  # pylint: disable=g-import-not-at-top
-    reason = mosaic_gpu.unsupported_reason(q, k, None, None, None, None,
-                                           mosaic_gpu.default_tiles(H), False)
+    reason = _mosaic_reason(q, k)
     row["path"] = "hopper fwd + hopper bwd" if reason is None else f"triton ({reason})"
   s_arg = None if variant == "softmax" else s_N
   fwd = jax.jit(lambda q, k, v, s: attn(q, k, v, s))
