@@ -61,11 +61,11 @@ class LogitScale(nnx.Module):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def project_rotate_qk(x_BTD, wq_DF, wk_DF, positions_BT, theta, head_dim):
-  """(rope(x wq), rope(x wk)) as [B,T,F/H,H] arrays: q and k from one matmul, with a backward
+def project_rotate_qk(x_BTD, wq_DE, wk_DE, positions_BT, theta, head_dim):
+  """(rope(x wq), rope(x wk)) as [B,T,N,H] arrays: q and k from one matmul, with a backward
   written out so that XLA keeps it in three kernels and two GEMMs.
 
-  wq and wk have the same width F (no GQA). Autodiff's backward left XLA's dot merger to
+  wq and wk have the same width E = N·H (no GQA). Autodiff's backward left XLA's dot merger to
   concatenate dq and dk for one weight-gradient GEMM after the fusion that rotates them back
   (it also reduces the SSMax multiplier's gradient, so it cannot write into the concatenation),
   and to sum the three input-gradient GEMMs with a separate add. Here the backward rotates dq
@@ -75,32 +75,32 @@ def project_rotate_qk(x_BTD, wq_DF, wk_DF, positions_BT, theta, head_dim):
   paper model, counted by benchmarks/compile_offline.py.
   """
   B, T, _ = x_BTD.shape
-  w_D2F = jnp.stack([wq_DF, wk_DF], axis=1)
-  y_BT2F = jnp.einsum("btd,dsf->btsf", jax.lax.optimization_barrier(x_BTD), w_D2F)
-  y_BT2NH = y_BT2F.reshape(B, T, 2, -1, head_dim)
+  w_D2E = jnp.stack([wq_DE, wk_DE], axis=1)
+  y_BT2E = jnp.einsum("btd,dse->btse", jax.lax.optimization_barrier(x_BTD), w_D2E)
+  y_BT2NH = y_BT2E.reshape(B, T, 2, -1, head_dim)
   return rope(y_BT2NH[:, :, 0], positions_BT, theta), rope(y_BT2NH[:, :, 1], positions_BT, theta)
 
 
-def _project_rotate_qk_fwd(x_BTD, wq_DF, wk_DF, positions_BT, theta, head_dim):
-  out = project_rotate_qk(x_BTD, wq_DF, wk_DF, positions_BT, theta, head_dim)
-  return out, (x_BTD, jnp.stack([wq_DF, wk_DF], axis=1), positions_BT, theta)
+def _project_rotate_qk_fwd(x_BTD, wq_DE, wk_DE, positions_BT, theta, head_dim):
+  out = project_rotate_qk(x_BTD, wq_DE, wk_DE, positions_BT, theta, head_dim)
+  return out, (x_BTD, jnp.stack([wq_DE, wk_DE], axis=1), positions_BT, theta)
 
 
 def _project_rotate_qk_bwd(head_dim, residuals, grads):
   del head_dim
-  x_BTD, w_D2F, positions_BT, theta = residuals
+  x_BTD, w_D2E, positions_BT, theta = residuals
   B, T, _ = x_BTD.shape
   # RoPE is a rotation: its transpose is the rotation by the opposite angles. On a GPU a Pallas
   # kernel writes the stacked gradient (XLA's concatenate kernel ran at half the bandwidth).
   g_q, g_k = grads
-  cos_BTF, sin_BTF = rope_cos_sin(positions_BT, theta, g_q.shape[-1])
+  cos_BTP, sin_BTP = rope_cos_sin(positions_BT, theta, g_q.shape[-1])
   spec = activation_spec(g_q.shape, ("act_batch", "act_seq", "act_heads", "act_head_dim"))
-  d_BT2NH = ops.rotate_back_stacked(g_q, g_k, cos_BTF, sin_BTF, spec=spec)
-  d_BT2F = d_BT2NH.reshape(B, T, 2, -1)
+  d_BT2NH = ops.rotate_back_stacked(g_q, g_k, cos_BTP, sin_BTP, spec=spec)
+  d_BT2E = d_BT2NH.reshape(B, T, 2, -1)
   x_BTD = jax.lax.optimization_barrier(x_BTD)
-  dx_BTD = jnp.einsum("btsf,dsf->btd", d_BT2F, w_D2F)
-  dw_D2F = jnp.einsum("btd,btsf->dsf", x_BTD, d_BT2F)
-  return dx_BTD, dw_D2F[:, 0], dw_D2F[:, 1], None, None  # positions and theta: no gradient
+  dx_BTD = jnp.einsum("btse,dse->btd", d_BT2E, w_D2E)
+  dw_D2E = jnp.einsum("btd,btse->dse", x_BTD, d_BT2E)
+  return dx_BTD, dw_D2E[:, 0], dw_D2E[:, 1], None, None  # positions and theta: no gradient
 
 
 project_rotate_qk.defvjp(_project_rotate_qk_fwd, _project_rotate_qk_bwd)

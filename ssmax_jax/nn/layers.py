@@ -53,8 +53,8 @@ def rope_cos_sin(positions_BT, theta, head_dim):
   """(cos, sin) [B,T,H/2] float32 of RoPE's angles at the given positions; theta may be traced."""
   inv_freq = 1.0 / (jnp.asarray(theta, jnp.float32)
                     ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-  angle_BTF = positions_BT.astype(jnp.float32)[:, :, None] * inv_freq
-  return jnp.cos(angle_BTF), jnp.sin(angle_BTF)
+  angle_BTP = positions_BT.astype(jnp.float32)[:, :, None] * inv_freq
+  return jnp.cos(angle_BTP), jnp.sin(angle_BTP)
 
 
 def rope(x_BTNH, positions_BT, theta, inverse=False):
@@ -67,10 +67,10 @@ def rope(x_BTNH, positions_BT, theta, inverse=False):
   of writing the rotated halves out (benchmarks/compile_offline.py counts the traffic).
   """
   H = x_BTNH.shape[-1]
-  cos_BTF, sin_BTF = rope_cos_sin(positions_BT, theta, H)
-  cos_BT11F, sin_BT11F = cos_BTF[:, :, None, None, :], sin_BTF[:, :, None, None, :]
-  x_BTN2F = x_BTNH.astype(jnp.float32).reshape(*x_BTNH.shape[:-1], 2, H // 2)
+  cos_BTP, sin_BTP = rope_cos_sin(positions_BT, theta, H)
+  cos_BT11P, sin_BT11P = cos_BTP[:, :, None, None, :], sin_BTP[:, :, None, None, :]
+  x_BTN2P = x_BTNH.astype(jnp.float32).reshape(*x_BTNH.shape[:-1], 2, H // 2)
   # first half x1 cos - x2 sin, second half x2 cos + x1 sin
   sign_21 = jnp.array([[1.0], [-1.0]] if inverse else [[-1.0], [1.0]], jnp.float32)
-  out = x_BTN2F * cos_BT11F + jnp.flip(x_BTN2F, axis=-2) * (sign_21 * sin_BT11F)
+  out = x_BTN2P * cos_BT11P + jnp.flip(x_BTN2P, axis=-2) * (sign_21 * sin_BT11P)
   return out.reshape(x_BTNH.shape).astype(x_BTNH.dtype)
