@@ -1,5 +1,4 @@
 """Small NNX layers with logical axis names on every parameter."""
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
