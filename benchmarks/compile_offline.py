@@ -115,6 +115,9 @@ def main(argv):
       before = f.read()
     print(f"\n{_COMPARE.value}\n"
           + hlo_analysis.format_traffic(hlo_analysis.kernel_traffic(before), _TOP.value))
+    was, now = (hlo_analysis.program_lines(t) for t in (before, text))
+    print("the same program as --compare (source locations and Pallas bodies aside)"
+          if was == now else f"programs differ: {len(set(was) ^ set(now))} lines")
     old, new = (hlo_analysis.kernel_traffic(t, skip=()) for t in (before, text))
     print("\n| kernel | before: kernels, GB | now: kernels, GB |\n|---|---|---|")
     for name in sorted(set(old) | set(new)):

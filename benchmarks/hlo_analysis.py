@@ -162,3 +162,27 @@ def format_traffic(traffic: dict, top: int = 15, bandwidth: float = 4.0e12) -> s
            f"{bandwidth / 1e12:g} TB/s", "", "| kernel | GB | kernels |", "|---|---|---|"]
   lines += [f"| `{n[:70]}` | {b / 1e9:.3f} | {k} |" for n, (b, k) in list(traffic.items())[:top]]
   return "\n".join(lines)
+
+
+_SOURCE_TABLE = re.compile(r"^(\d+ |FileNames|FunctionNames|FileLocations|StackFrames)")
+_SOURCE_INFO = [
+    (re.compile(r", metadata=\{[^}]*\}"), ""),
+    (re.compile(r",? ?stack_frame_id=\d+"), ""),
+    # Pallas kernels travel as MLIR bytecode that embeds source paths; the fingerprint hashes it.
+    (re.compile(r'(backend_config|ir) ?= ?"(?:[^"\\]|\\.)*"'), r"\1=<kernel>"),
+    (re.compile(r'fingerprint_before_lhs="[0-9a-f]+"'), "fingerprint=<hash>"),
+]
+
+
+def program_lines(hlo_text: str) -> list:
+  """The compiled program's lines without source locations: two trees that compile to the same
+  kernels, buffers and schedule give equal lists wherever their files live. Pallas kernels'
+  bodies are left out (their bytecode carries paths): compare those by their jaxprs."""
+  lines = []
+  for line in hlo_text.splitlines():
+    if _SOURCE_TABLE.match(line):
+      continue
+    for pattern, repl in _SOURCE_INFO:
+      line = pattern.sub(repl, line)
+    lines.append(line)
+  return lines

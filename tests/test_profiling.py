@@ -95,7 +95,7 @@ def test_fusion_sources_name_the_code_of_each_kernel(tmp_path):
   f(x).block_until_ready()
   sources = hlo_analysis.fusion_sources(f.lower(x).compile().as_text())
   assert sources, "no fusion found in the compiled module"
-  here = f"test_profiling.py:{{}} _two_fusions"
+  here = "test_profiling.py:{} _two_fusions"
   assert set(sources.values()) <= {here.format(line_a), here.format(line_b),
                                    f"{here.format(line_a)}, {here.format(line_b)}",
                                    f"{here.format(line_b)}, {here.format(line_a)}"}
@@ -159,3 +159,16 @@ def test_elements_per_thread_ranks_xla_kernels_by_their_launch_dimensions():
   assert hlo_analysis.elements_per_thread(_HLO, _THUNKS, min_elements=1) == [
       ("loop_add_fusion.8", 32, 32, 2), ("loop_add_fusion.7", 32, 8, 1)]
   assert hlo_analysis.elements_per_thread(_HLO, _THUNKS, min_elements=33) == []
+
+
+def test_program_lines_ignore_where_the_sources_live_but_not_the_program():
+  def step(path, op="add", kernel="abc1"):
+    return (f'FileNames\n1 "{path}/ssmax_jax/nn/layers.py"\nStackFrames\n1 {{file_location_id=1}}\n'
+            f'ENTRY %main {{\n  %a = f32[4]{{0}} {op}(%x, %y), metadata={{op_name="jit(step)" '
+            f'source_file="{path}/ssmax_jax/nn/layers.py" source_line=3}}, stack_frame_id=1\n'
+            f'  %k = f32[4]{{0}} custom-call(%a), custom_call_target="__gpu$xla.gpu.triton", '
+            f'backend_config={{ir = "{kernel}\\22{path}"}}, '
+            f'frontend_attributes={{fingerprint_before_lhs="{kernel.lower()}"}}\n}}\n')
+  here = hlo_analysis.program_lines(step("/work/main"))
+  assert here == hlo_analysis.program_lines(step("/elsewhere", kernel="def2"))
+  assert here != hlo_analysis.program_lines(step("/work/main", op="multiply"))
