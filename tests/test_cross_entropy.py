@@ -1,20 +1,43 @@
-"""The loss kernel (ssmax_jax/kernels/cross_entropy_gpu.py) against a float64 reference, in
-interpret mode on any machine and compiled on a GPU (marked gpu); the loss with
-implementation='pallas' against the XLA loss, value and gradients; and what 'auto' resolves to."""
+"""The chunked cross-entropy op (ssmax_jax/ops/cross_entropy): its backends' shared contract on
+one case table against float64 (interpret mode on any machine, compiled on a GPU, marked gpu);
+the loss with implementation='pallas' against 'xla', value and gradients; the backend choice;
+and the kernel's Triton lowering for an H200 (traced on any machine)."""
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
-from ssmax_jax.kernels import cross_entropy_gpu
-from ssmax_jax.train.loss import cross_entropy_sum, resolve_implementation
+from ssmax_jax.ops import _dispatch
+from ssmax_jax.ops.cross_entropy import api, cross_entropy_sum, triton, xla_loss_and_grad
+from tests import op_backends as ob
 
-ON_GPU = jax.default_backend() == "gpu"
+
+DEFAULT_TILES = (triton.BLOCK_ROWS, triton.BLOCK_VOCAB, triton.NUM_WARPS)
+
+
+class Case(NamedTuple):
+  name: str
+  shape: tuple  # M, V (the last 5 columns are padding)
+  dtype: object
+  tiles: tuple = DEFAULT_TILES  # block_rows, block_vocab, num_warps (the kernel's)
+
+
+CASES = [Case(f"{name}_{jnp.dtype(dtype).name}", (16, 300), dtype, tiles)
+         for name, tiles in [("partial_last_tile", (triton.BLOCK_ROWS, 128, triton.NUM_WARPS)),
+                             ("one_pass_per_row", (2, 512, triton.NUM_WARPS))]
+         for dtype in (jnp.float32, jnp.bfloat16)]
+GPU_CASES = [Case(f"paper_vocab_{':'.join(map(str, tiles))}_{jnp.dtype(dtype).name}",
+                  (64, 50304), dtype, tiles)
+             for tiles in [DEFAULT_TILES, (1, 1024, 4), (1, 65536, 32)]
+             for dtype in (jnp.float32, jnp.bfloat16)]
 
 
 def _reference(logits, targets, weights, vocab_size):
   """float64 (weighted losses, (softmax - onehot) * weight) over the real columns."""
-  x = np.asarray(jnp.asarray(logits, jnp.float32), np.float64)[:, :vocab_size]
+  x = ob.f64(logits)[:, :vocab_size]
   lse = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
   rows = np.arange(len(x))
   t, w = np.asarray(targets), np.asarray(weights, np.float64)
@@ -31,35 +54,29 @@ def _inputs(M, V, dtype, seed=0):
   return logits, targets, weights
 
 
-def _check(M, V, dtype, block_vocab, interpret, block_rows=cross_entropy_gpu.BLOCK_ROWS,
-           num_warps=cross_entropy_gpu.NUM_WARPS):
-  vocab_size = V - 5  # padding columns at the end, as with model.vocab_pad_multiple
-  logits, targets, weights = _inputs(M, V, dtype)
-  loss, grad = cross_entropy_gpu.cross_entropy_with_grad(
-      logits, targets, weights, vocab_size=vocab_size, grad_dtype=jnp.float32,
-      block_vocab=block_vocab, block_rows=block_rows, num_warps=num_warps, interpret=interpret)
+@pytest.mark.parametrize("backend,case", ob.params(CASES, GPU_CASES))
+def test_contract_matches_float64(backend, case):
+  (M, V), vocab_size = case.shape, case.shape[1] - 5  # padding, as with vocab_pad_multiple
+  logits, targets, weights = _inputs(M, V, case.dtype)
+  if backend == "xla":
+    loss, grad = xla_loss_and_grad(logits, targets, weights, vocab_size, jnp.float32)
+  else:
+    block_rows, block_vocab, num_warps = case.tiles
+    loss, grad = triton.cross_entropy_with_grad(
+        logits, targets, weights, vocab_size=vocab_size, grad_dtype=jnp.float32,
+        block_vocab=block_vocab, block_rows=block_rows, num_warps=num_warps,
+        interpret=ob.INTERPRET)
   want_loss, want_grad = _reference(logits, targets, weights, vocab_size)
   np.testing.assert_allclose(loss, want_loss, rtol=2e-6, atol=2e-5)
   np.testing.assert_allclose(np.asarray(grad)[:, :vocab_size], want_grad, atol=2e-6)
   assert not np.asarray(grad)[:, vocab_size:].any()  # padding takes no probability
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_kernel_matches_float64_with_a_partial_last_tile(dtype):
-  _check(16, 300, dtype, block_vocab=128, interpret=True)  # tiles of 128: 44 columns in the last
-
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_kernel_matches_float64_in_one_pass_when_a_tile_covers_the_row(dtype):
-  _check(16, 300, dtype, block_vocab=512, block_rows=2, interpret=True)
-
-
 def test_kernel_names_a_pipelining_depth_below_one():
   logits, targets, weights = _inputs(4, 40, jnp.float32)
   with pytest.raises(ValueError, match="num_stages=0: pass a positive pipelining depth"):
-    cross_entropy_gpu.cross_entropy_with_grad(logits, targets, weights, vocab_size=40,
-                                              grad_dtype=jnp.float32, num_stages=0,
-                                              interpret=True)
+    triton.cross_entropy_with_grad(logits, targets, weights, vocab_size=40,
+                                   grad_dtype=jnp.float32, num_stages=0, interpret=True)
 
 
 def _loss_inputs(seed, B=2, T=16, D=16, V=40, real_V=37):
@@ -80,55 +97,56 @@ def test_loss_with_the_kernel_matches_the_xla_loss(monkeypatch):
     np.testing.assert_allclose(got, want, rtol=1e-6)
     for g, r in zip(got_g, want_g):
       np.testing.assert_allclose(g, r, atol=1e-5)
-  monkeypatch.setattr(cross_entropy_gpu, "BLOCK_ROWS", 4)  # blocks of 4 rows, as tuned before
+  monkeypatch.setattr(triton, "BLOCK_ROWS", 4)  # blocks of 4 rows, as tuned before
   # chunk_tokens=2: 1 position x batch 2 = 2 rows, half a block
-  with pytest.raises(ValueError, match=f"chunks of a multiple of {cross_entropy_gpu.BLOCK_ROWS} "
+  with pytest.raises(ValueError, match=f"chunks of a multiple of {triton.BLOCK_ROWS} "
                                        "tokens per device; batch 2 x 1 positions"):
     jax.grad(lambda h: cross_entropy_sum(h, w, targets, mask, real_V, 2, "float32", "pallas"))(h)
-  with pytest.raises(ValueError, match="implementation='triton' is unknown"):
+  with pytest.raises(ValueError, match="loss implementation='triton' is unknown"):
     cross_entropy_sum(h, w, targets, mask, real_V, 8, "float32", "triton")
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_lowers_to_triton_for_h200_without_a_gpu(dtype):
-  device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="gpu")
-  mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
+def test_lowers_to_triton_for_h200_without_a_gpu():
   M, V = 8192, 50304
-  args = (jax.ShapeDtypeStruct((M, V), dtype), jax.ShapeDtypeStruct((M,), jnp.int32),
-          jax.ShapeDtypeStruct((M,), jnp.float32))
-  fn = lambda *a: cross_entropy_gpu.cross_entropy_with_grad(*a, vocab_size=50257,
-                                                            grad_dtype=jnp.bfloat16)
-  with jax.sharding.use_abstract_mesh(mesh):
-    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-  assert "__gpu$xla.gpu.triton" in text
-  assert f"grid_x = {M // cross_entropy_gpu.BLOCK_ROWS}" in text  # one program per row block
+  for dtype in (jnp.float32, jnp.bfloat16):
+    args = (jax.ShapeDtypeStruct((M, V), dtype), jax.ShapeDtypeStruct((M,), jnp.int32),
+            jax.ShapeDtypeStruct((M,), jnp.float32))
+    text = ob.h200_lowering(lambda *a: triton.cross_entropy_with_grad(
+        *a, vocab_size=50257, grad_dtype=jnp.bfloat16), *args)
+    assert "__gpu$xla.gpu.triton" in text
+    assert f"grid_x = {M // triton.BLOCK_ROWS}" in text  # one program per row block
 
 
-def _mesh(data, fsdp, tensor):
-  return jax.sharding.AbstractMesh((data, fsdp, tensor), ("data", "fsdp", "tensor"))
+def test_choice(monkeypatch):
+  monkeypatch.setattr(triton, "BLOCK_ROWS", 2)  # rows that do not fill a block
+  B, t = 4, triton.BLOCK_ROWS  # 8 rows: 4 blocks
+  spec = P(("data", "fsdp"), None, "tensor")  # [B, T, V] logits on a (data, fsdp, tensor) mesh
+  for impl in (None, "auto", "xla"):  # CPU: XLA unless asked for the kernel
+    assert api._choose(impl, B, t, None) == "xla"
+  assert api._choose("pallas", B, t + 1, None) == "triton"  # 10 rows: 5 blocks
+  with pytest.raises(ValueError, match="loss implementation='pallas' cannot take .*chunks of a "
+                                       "multiple of 2 tokens per device; batch 1 x 3"):
+    api._choose("pallas", 1, 3, None)
+  monkeypatch.setattr(_dispatch, "platform", lambda: "gpu")
+  assert api._choose(None, B, t, None) == "triton"
+  assert api._choose(None, 1, 3, None) == "xla"  # not whole blocks
+  assert api._choose("xla", B, t, None) == "xla"
+  with jax.sharding.use_abstract_mesh(ob.data_mesh(2, 2, 1)):  # rows split 4 ways: 1 block
+    assert api._choose(None, B, t, spec) == "triton"
+  with jax.sharding.use_abstract_mesh(ob.data_mesh(4, 2, 1)):  # half a block per device
+    assert api._choose(None, 2 * B, t // 2, spec) == "xla"
+  with jax.sharding.use_abstract_mesh(ob.data_mesh(1, 1, 2)):
+    assert api._choose(None, B, t, P(None, None, "tensor")) == "xla"  # the vocabulary split
+    assert api._choose(None, B, t, P(None, None, None)) == "triton"  # 263 columns: whole rows
+    with pytest.raises(ValueError, match="splits the vocabulary over 'tensor'.* tensor 1"):
+      api._choose("pallas", B, t, P(None, None, "tensor"))
+  monkeypatch.setattr(_dispatch, "platform", lambda: "tpu")
+  assert api._choose(None, B, t, None) == "xla"
+  with pytest.raises(ValueError, match="loss implementation='pallas' has no backend on tpu"):
+    api._choose("pallas", B, t, None)
 
 
-def test_auto_takes_the_kernel_only_on_a_gpu_where_it_fits(monkeypatch):
-  monkeypatch.setattr(cross_entropy_gpu, "BLOCK_ROWS", 2)  # rows that do not fill a block
-  rows, V = 4 * cross_entropy_gpu.BLOCK_ROWS, 264
-  assert resolve_implementation("auto", rows, V, backend="gpu") == "pallas"
-  assert resolve_implementation("auto", rows, V, backend="cpu") == "xla"
-  assert resolve_implementation("auto", rows, V, backend="tpu") == "xla"
-  assert resolve_implementation("auto", rows + 1, V, backend="gpu") == "xla"  # not whole blocks
-  # Explicit names pass through (an unfitting 'pallas' raises in the loss, above).
-  assert resolve_implementation("pallas", rows + 2, V, backend="cpu") == "pallas"
-  assert resolve_implementation("xla", rows, V, backend="gpu") == "xla"
-  with jax.sharding.use_abstract_mesh(_mesh(2, 2, 1)):  # rows split 4 ways: one block each
-    assert resolve_implementation("auto", rows, V, backend="gpu") == "pallas"
-  with jax.sharding.use_abstract_mesh(_mesh(4, 2, 1)):  # half a block per device
-    assert resolve_implementation("auto", rows, V, backend="gpu") == "xla"
-  with jax.sharding.use_abstract_mesh(_mesh(1, 1, 2)):  # the vocabulary split over tensor
-    assert resolve_implementation("auto", rows, V, backend="gpu") == "xla"
-  with jax.sharding.use_abstract_mesh(_mesh(1, 1, 2)):  # 263 columns do not split: whole rows
-    assert resolve_implementation("auto", rows, 263, backend="gpu") == "pallas"
-
-
-def test_auto_loss_on_cpu_is_the_xla_loss():
+def test_default_loss_on_cpu_is_the_xla_loss():
   h, w, targets, mask, real_V = _loss_inputs(4)
   for impl in ("auto", None):  # None: the argument's default
     args = (targets, mask, real_V, 8, "float32") + ((impl,) if impl else ())
@@ -136,17 +154,6 @@ def test_auto_loss_on_cpu_is_the_xla_loss():
     want = jax.value_and_grad(
         lambda h, w: cross_entropy_sum(h, w, targets, mask, real_V, 8, "float32", "xla"),
         (0, 1))(h, w)
-    tol = 1e-5 if ON_GPU else 0.0  # on a GPU 'auto' runs the kernel
+    tol = 1e-5 if ob.ON_GPU else 0.0  # on a GPU the default runs the kernel
     for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_allclose(g, r, rtol=tol, atol=tol)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not ON_GPU, reason="needs a GPU")
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("tiles", [(cross_entropy_gpu.BLOCK_ROWS, cross_entropy_gpu.BLOCK_VOCAB,
-                                    cross_entropy_gpu.NUM_WARPS), (1, 1024, 4), (1, 65536, 32)])
-def test_kernel_on_gpu_at_the_paper_vocabulary(dtype, tiles):
-  block_rows, block_vocab, num_warps = tiles
-  _check(64, 50304, dtype, block_vocab=block_vocab, block_rows=block_rows, num_warps=num_warps,
-         interpret=False)
