@@ -16,8 +16,8 @@ from absl import app
 from absl import flags
 
 from benchmarks.timing import max_abs_diff, mean_ms, parse_settings
-from ssmax_jax.kernels import cross_entropy_gpu
-from ssmax_jax.train.loss import xla_loss_and_grad
+from ssmax_jax.ops.cross_entropy import triton
+from ssmax_jax.ops.cross_entropy.reference import xla_loss_and_grad
 
 _ROWS = flags.DEFINE_integer("rows", 8192, "Rows (tokens of one loss chunk).")
 _VOCAB = flags.DEFINE_integer("vocab", 50304, "Columns (GPT-2's 50,257 padded to 64).")
@@ -26,7 +26,7 @@ _DTYPES = flags.DEFINE_list("dtypes", ["bfloat16", "float32"], "Logits dtypes.")
 _TILES = flags.DEFINE_list("tiles", ["1:2048:4", "1:1024:2", "1:1024:4", "4:1024:4", "1:4096:8",
                                      "1:2048:2", "1:2048:4:3", "1:2048:4:4"],
                            "Kernel settings block_rows:block_vocab:num_warps[:num_stages] "
-                           f"(num_stages default {cross_entropy_gpu.NUM_STAGES}).")
+                           f"(num_stages default {triton.NUM_STAGES}).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed calls after one warm-up.")
 
 
@@ -34,7 +34,7 @@ def main(argv):
   del argv
   M, V, real = _ROWS.value, _VOCAB.value, min(_REAL_VOCAB.value, _VOCAB.value)
   tiles = parse_settings(_TILES.value, ("block_rows", "block_vocab", "num_warps", "num_stages"),
-                         "8:1024:8", rows=M, defaults=(cross_entropy_gpu.NUM_STAGES,))
+                         "8:1024:8", rows=M, defaults=(triton.NUM_STAGES,))
   interpret = jax.default_backend() == "cpu"
   k = jax.random.split(jax.random.key(0), 3)
   targets = jax.random.randint(k[1], (M,), 0, real)
@@ -51,7 +51,7 @@ def main(argv):
     rows.append((dtype.name, "XLA", ms, counted / ms / 1e6, 0.0))
     for block_rows, block_vocab, warps, stages in tiles:
       fn = jax.jit(lambda x, t, w, br=block_rows, bv=block_vocab, nw=warps, ns=stages,
-                   dtype=dtype: cross_entropy_gpu.cross_entropy_with_grad(
+                   dtype=dtype: triton.cross_entropy_with_grad(
                        x, t, w, vocab_size=real, grad_dtype=dtype, block_rows=br,
                        block_vocab=bv, num_warps=nw, num_stages=ns, interpret=interpret))
       got = fn(logits, targets, weights)

@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 
 from benchmarks.timing import max_abs_diff, mean_ms, parse_settings
-from ssmax_jax.kernels import rms_norm_gpu
+from ssmax_jax.ops.rms_norm import reference, triton
 
 _ROWS = flags.DEFINE_integer("rows", 32768, "Rows (tokens of one step).")
 _WIDTH = flags.DEFINE_integer("width", 768, "Model width D.")
@@ -25,7 +25,7 @@ _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Residual stream dtype.")
 _TILES = flags.DEFINE_list("tiles", ["4:4:4", "4:8:1", "4:8:4", "2:4:2", "2:8:4", "1:4:4",
                                      "8:8:2", "4:4:4:2", "4:4:8:2", "4:4:8:3", "2:4:8:3"],
                            "Kernel settings block_rows:num_warps:bwd_row_blocks[:bwd_num_stages] "
-                           f"(bwd_num_stages default {rms_norm_gpu.BWD_NUM_STAGES}).")
+                           f"(bwd_num_stages default {triton.BWD_NUM_STAGES}).")
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed calls after one warm-up.")
 EPS = 1e-6
 
@@ -43,7 +43,7 @@ def main(argv):
   M, D, dtype = _ROWS.value, _WIDTH.value, jnp.dtype(_DTYPE.value)
   tiles = parse_settings(_TILES.value, ("block_rows", "num_warps", "bwd_row_blocks",
                                         "bwd_num_stages"), "4:4:4", rows=M,
-                         defaults=(rms_norm_gpu.BWD_NUM_STAGES,))
+                         defaults=(triton.BWD_NUM_STAGES,))
   interpret = jax.default_backend() == "cpu"
   k = jax.random.split(jax.random.key(0), 5)
   x, delta, d_sum, d_y = (jax.random.normal(kk, (M, D)).astype(dtype) for kk in k[:4])
@@ -66,12 +66,12 @@ def main(argv):
     return got
 
   rows = []
-  want = measure("XLA", lambda x, d, s: rms_norm_gpu.reference_add_rms_norm(
+  want = measure("XLA", lambda x, d, s: reference.reference_add_rms_norm(
       x, d, s, eps=EPS, out_dtype=dtype))
   for block_rows, warps, row_blocks, stages in tiles:
     measure(f"kernel {block_rows}:{warps}:{row_blocks}:{stages}",
             lambda x, d, s, br=block_rows, nw=warps, rb=row_blocks, ns=stages:
-            rms_norm_gpu.add_rms_norm(x, d, s, eps=EPS, out_dtype=dtype, block_rows=br,
+            triton.add_rms_norm(x, d, s, eps=EPS, out_dtype=dtype, block_rows=br,
                                       num_warps=nw, bwd_row_blocks=rb, bwd_num_stages=ns,
                                       interpret=interpret), want)
   print("\n| implementation (rows:warps:bwd blocks:bwd stages) | forward ms | GB/s | forward + "

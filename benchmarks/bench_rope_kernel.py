@@ -14,7 +14,7 @@ from absl import app
 from absl import flags
 
 from benchmarks.timing import max_abs_diff, mean_ms, parse_settings
-from ssmax_jax.kernels import rope_gpu
+from ssmax_jax.ops.rope import reference, triton
 from ssmax_jax.nn.layers import rope_cos_sin
 
 _BATCH = flags.DEFINE_integer("batch", 32, "Sequences.")
@@ -50,10 +50,10 @@ def main(argv):
     print(f"{name}: {ms:.4f} ms", flush=True)
     return got
 
-  want = measure("XLA", rope_gpu.reference_rotate_back_stacked)
+  want = measure("XLA", reference.reference_rotate_back_stacked)
   for block_rows, warps in tiles:
     measure(f"kernel {block_rows}:{warps}",
-            lambda *a, br=block_rows, nw=warps: rope_gpu.rotate_back_stacked(
+            lambda *a, br=block_rows, nw=warps: triton.rotate_back_stacked(
                 *a, block_rows=br, num_warps=nw, interpret=interpret), want)
   print("\n| implementation (rows:warps) | ms | GB/s | max abs diff vs XLA |\n|---|---|---|---|")
   for name, ms, gbs, err in rows:

@@ -37,6 +37,12 @@ def test_group_tries_members_in_order():
     _dispatch.choose("op", "ours", BACKENDS, ("slow",), groups, n=3)
 
 
+def test_a_group_empty_on_the_platform_says_so(monkeypatch):
+  monkeypatch.setattr(_dispatch, "platform", lambda: "tpu")
+  with pytest.raises(ValueError, match=r"implementation='ours' has no backend on tpu"):
+    _dispatch.choose("op", "ours", BACKENDS, ("slow",), {"ours": ()}, n=2)
+
+
 def test_unknown_name_lists_the_choices():
   with pytest.raises(ValueError, match=r"implementation='nope' is unknown; choose None"):
     _dispatch.choose("op", "nope", BACKENDS, ("slow",), n=2)

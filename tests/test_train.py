@@ -19,7 +19,7 @@ from ssmax_jax.models import generate
 from ssmax_jax.train import (Checkpointer, NonFiniteLossError, cross_entropy_sum,
                              default_config, load_model, read_metrics, train, validate)
 from ssmax_jax.train import trainer as trainer_lib
-from ssmax_jax.train.loss import reference_cross_entropy_sum
+from ssmax_jax.ops.cross_entropy import reference_cross_entropy_sum
 from ssmax_jax.train.optim import make_optimizer
 from ssmax_jax.train.step import make_train_step
 
@@ -166,9 +166,13 @@ def test_bad_config_stops_before_training(tmp_path, change, message):
   assert not os.path.exists(tmp_path / "run")
 
 
-def test_loss_implementation_defaults_to_auto():
-  assert default_config().train.loss_implementation == "auto"
-  for name in ("auto", "xla", "pallas"):
+def test_loss_and_norm_implementations_default_to_none():
+  # None (choose) stays overridable from the command line: a typed placeholder.
+  config = default_config()
+  assert config.train.loss_implementation is None and config.model.norm_implementation is None
+  config.train.loss_implementation = "xla"
+  config.model.norm_implementation = "pallas"
+  for name in (None, "auto", "xla", "pallas"):
     validate(_config(train=dict(loss_implementation=name)))
   with pytest.raises(ValueError, match="loss_implementation='triton'; choose one of"):
     validate(_config(train=dict(loss_implementation="triton")))
@@ -407,7 +411,7 @@ def test_xla_flags_after_jax_started_pass_if_in_effect_else_error(monkeypatch):
 def test_paper_config_computes_the_loss_in_one_chunk_per_micro_batch():
   # The measured setting (configs/paper_162m.py): one chunk of a micro-batch's tokens.
   from configs import paper_162m
-  from ssmax_jax.train.loss import _num_chunks
+  from ssmax_jax.ops.cross_entropy.api import _num_chunks
   t = paper_162m.get_config().train
   micro_batch = t.batch_size // t.grad_accum_steps
   assert _num_chunks(micro_batch, t.seq_len, t.loss_chunk_tokens) == 1

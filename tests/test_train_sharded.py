@@ -110,22 +110,24 @@ _SCRIPT = textwrap.dedent("""
       config.model.update(**model)
       return config
 
-    # What 'auto' picks on a GPU under these meshes, for logits over a vocabulary of 264 with
+    # What None picks on a GPU under these meshes, for logits over a vocabulary of 264 with
     # one and with 1 + 1/BLOCK_ROWS of the kernel's row blocks per device. First, while no
     # training run has left threads behind: once, after the runs below, it saw no mesh.
-    from ssmax_jax.kernels import cross_entropy_gpu
+    from ssmax_jax.nn.partitioning import activation_spec
+    from ssmax_jax.ops import _dispatch
+    from ssmax_jax.ops.cross_entropy import api as loss_api, triton as loss_kernel
     from ssmax_jax.train import mesh as mesh_lib
-    from ssmax_jax.train.loss import resolve_implementation
 
     def auto(shape):
       with jax.set_mesh(mesh_lib.make_mesh(shape)):
-        return [resolve_implementation("auto", rows, 264, backend="gpu")
-                for rows in (16, 24)]  # 2 and 3 rows on each of 8 devices
+        spec = activation_spec((8, 1, 264), ("act_batch", "act_seq", "act_vocab"))
+        return [loss_api._choose(None, 8, t, spec) for t in (2, 3)]  # 2, 3 rows per device
 
-    default_rows, cross_entropy_gpu.BLOCK_ROWS = cross_entropy_gpu.BLOCK_ROWS, 2
+    default_rows, loss_kernel.BLOCK_ROWS = loss_kernel.BLOCK_ROWS, 2
+    platform, _dispatch.platform = _dispatch.platform, lambda: "gpu"
     for shape in [(4, 2, 1), (1, 1, 8), (8, 1, 1)]:
       part(f"auto_{shape}", lambda: auto(shape))
-    cross_entropy_gpu.BLOCK_ROWS = default_rows
+    loss_kernel.BLOCK_ROWS, _dispatch.platform = default_rows, platform
     for name, shape in MESHES.items():
       part(name, lambda: losses(name, with_mesh(shape)))
     # The Pallas loss kernel (interpret mode here) on each device's rows of a data x fsdp mesh.
@@ -196,10 +198,10 @@ def test_pallas_loss_over_tensor_shards_is_an_error(runs):
 
 
 @pytest.mark.parametrize("shape, want", [
-    ((4, 2, 1), ["pallas", "xla"]), ((8, 1, 1), ["pallas", "xla"]), ((1, 1, 8), ["xla", "xla"])],
+    ((4, 2, 1), ["triton", "xla"]), ((8, 1, 1), ["triton", "xla"]), ((1, 1, 8), ["xla", "xla"])],
     ids=["data_fsdp", "data", "tensor"])
 def test_auto_loss_on_gpu_needs_whole_row_blocks_and_vocabulary_rows(runs, shape, want):
-  # 'auto' on a GPU: the kernel with whole row blocks and whole vocabulary rows on each device.
+  # None on a GPU: the kernel with whole row blocks and whole vocabulary rows on each device.
   assert _part(runs, f"auto_{shape}") == want
 
 

@@ -34,9 +34,9 @@ class TransformerConfig:
   norm_eps: float = 1e-6
   remat: bool = False  # rematerialise each block in the backward (less memory, more compute)
   implementation: str | None = None  # attention backend; None picks per platform
-  # Residual add + RMSNorm: 'auto' (a Pallas kernel on a GPU where it applies, XLA elsewhere),
-  # 'xla' or 'pallas' (ssmax_jax/ops/norm.py).
-  norm_implementation: str = "auto"
+  # Residual add + RMSNorm: None (alias 'auto': a Pallas kernel on a GPU where it applies, XLA
+  # elsewhere), 'xla' or 'pallas' (ssmax_jax/ops/rms_norm).
+  norm_implementation: str | None = None
 
   def __post_init__(self):
     ops.check_variant(self.attention)

@@ -27,10 +27,10 @@ class RMSNorm(nnx.Module):
   """x * rsqrt(mean(x^2) + eps) * scale, computed in float32 and returned in dtype.
 
   `add_norm` adds a branch output to the residual stream first, in the same op (one kernel each
-  way on a GPU: ssmax_jax/ops/norm.py, whose `implementation` this takes).
+  way on a GPU: ssmax_jax/ops/rms_norm, whose `implementation` this takes).
   """
 
-  def __init__(self, dim, *, eps=1e-6, dtype, param_dtype, rngs, implementation="auto"):
+  def __init__(self, dim, *, eps=1e-6, dtype, param_dtype, rngs, implementation=None):
     ops.check_norm_implementation(implementation)
     self.scale = param(rngs, nnx.initializers.ones, (dim,), ("norm",), param_dtype)
     self.eps = eps

@@ -10,7 +10,7 @@ another backend serves better). `choose` walks that order; no backend ever calls
   backend of the platform's order that takes the call and does not skip it.
 - A backend's own name: that backend, or a ValueError with its reason.
 - A group name (e.g. `'pallas'`: our kernels on the platform): the first member that takes the
-  call, or a ValueError with every member's reason.
+  call, or a ValueError with every member's reason (or saying the group is empty there).
 """
 from collections.abc import Mapping, Sequence
 
@@ -49,6 +49,10 @@ def choose(op: str, implementation, backends: Mapping[str, object], order: Seque
     candidates, explicit = order, False
   else:
     candidates, explicit = groups.get(implementation, (implementation,)), True
+    if not candidates:  # a group with no member here, e.g. GPU kernels on a TPU
+      raise ValueError(f"{op} implementation={implementation!r} has no backend on {platform()}: "
+                       "none of its kernels runs there; pass implementation=None to choose one "
+                       "that can.")
   reasons = {}
   for name in candidates:
     backend = backends[name]

@@ -12,8 +12,8 @@ from jax._src import xla_bridge  # backends_are_initialized: no public equivalen
 from ml_collections import config_dict
 
 from ssmax_jax.models.transformer import TransformerConfig
-from ssmax_jax.train.loss import IMPLEMENTATIONS as LOSS_IMPLEMENTATIONS
-from ssmax_jax.train.loss import LOGITS_DTYPES
+from ssmax_jax.ops.cross_entropy import IMPLEMENTATIONS as LOSS_IMPLEMENTATIONS
+from ssmax_jax.ops.cross_entropy import LOGITS_DTYPES
 
 SCHEDULES = ("constant", "cosine")
 DATA_KINDS = ("lm", "needle")
@@ -56,13 +56,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.grad_accum_steps = 1
   c.train.loss_chunk_tokens = 8192  # the loss materialises [chunk, vocab] logits at a time
   # Storage of those logits: 'float32', or 'bfloat16' (half the loss's memory traffic, as in
-  # most training stacks); the loss itself is always computed in float32 (train/loss.py).
+  # most training stacks); the loss itself is always computed in float32
+  # (ssmax_jax/ops/cross_entropy).
   c.train.loss_logits_dtype = "float32"
   # 'pallas': one kernel reads each chunk's logits twice instead of four times (GPU; data and
   # fsdp meshes, not a vocabulary split over the tensor axis; chunks of a multiple of its
-  # BLOCK_ROWS tokens per device), an error where it does not apply; 'xla'; or 'auto': the
-  # kernel where it applies, XLA elsewhere (train/loss.py resolve_implementation).
-  c.train.loss_implementation = "auto"
+  # BLOCK_ROWS tokens per device), an error where it does not apply; 'xla'; or None (alias
+  # 'auto'): the kernel where it applies, XLA elsewhere (ssmax_jax/ops/cross_entropy/api.py).
+  c.train.loss_implementation = config_dict.placeholder(str)
   c.train.log_every = 10
   c.train.peak_tflops = config_dict.placeholder(float)  # per device; None: known devices only
   c.train.progress_bar = True
@@ -183,9 +184,9 @@ def validate(config) -> TransformerConfig:
   if t.loss_logits_dtype not in LOGITS_DTYPES:
     raise ValueError(f"config.train.loss_logits_dtype={t.loss_logits_dtype!r}; choose one of "
                      f"{LOGITS_DTYPES}.")
-  if t.loss_implementation not in LOSS_IMPLEMENTATIONS:
+  if t.loss_implementation not in (None, "auto", *LOSS_IMPLEMENTATIONS):
     raise ValueError(f"config.train.loss_implementation={t.loss_implementation!r}; choose one "
-                     f"of {LOSS_IMPLEMENTATIONS}.")
+                     f"of {(None, *LOSS_IMPLEMENTATIONS)} (None: the fastest that fits).")
   if o.schedule not in SCHEDULES:
     raise ValueError(f"config.optimizer.schedule={o.schedule!r}; choose one of {SCHEDULES}.")
   if o.lr <= 0 or o.warmup_steps < 0 or o.clip_norm < 0 or o.weight_decay < 0:

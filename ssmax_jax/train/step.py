@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ssmax_jax.nn.partitioning import shard
-from ssmax_jax.train.loss import cross_entropy_sum
+from ssmax_jax.nn.partitioning import activation_spec, shard
+from ssmax_jax.ops.cross_entropy import cross_entropy_sum
 
 # Device-side numbers of the step; everything else is computed on the host at log time.
 METRICS = ("loss", "grad_norm", "tokens")
@@ -19,15 +19,19 @@ def loss_options(config) -> dict:
 
 
 def loss_sum(model, batch, *, chunk_tokens=8192, use_segments=True, logits_dtype="float32",
-             implementation="auto"):
+             implementation=None):
   """(sum of masked next-token losses, number of loss tokens) of a batch dict."""
   kwargs = {}
   if use_segments:  # packed documents: positions and attention (and n) restart per document
     kwargs = dict(positions_BT=batch["positions"], segment_ids_BT=batch["segment_ids"])
   h_BTD = model.hidden(batch["inputs"], **kwargs)
-  loss = cross_entropy_sum(h_BTD, model.lm_head.kernel[...], batch["targets"],
-                           batch["loss_mask"], model.config.vocab_size, chunk_tokens,
-                           logits_dtype, implementation)
+  w_DV = model.lm_head.kernel[...]
+  # The op knows no logical axis names: it gets the logits' layout under the mesh in use.
+  logits_spec = activation_spec((*h_BTD.shape[:2], w_DV.shape[1]),
+                                ("act_batch", "act_seq", "act_vocab"))
+  loss = cross_entropy_sum(h_BTD, w_DV, batch["targets"], batch["loss_mask"],
+                           model.config.vocab_size, chunk_tokens, logits_dtype, implementation,
+                           logits_spec)
   return loss, jnp.sum(batch["loss_mask"])
 
 
