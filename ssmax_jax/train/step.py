@@ -50,8 +50,8 @@ def _microbatches(batch, accum):
   # holds rows of every microbatch, so no microbatch sits on a subset of devices.
   def split(x_BT):
     B, T = x_BT.shape
-    x_ABT = jnp.swapaxes(x_BT.reshape(B // accum, accum, T), 0, 1)
-    return shard(x_ABT, (None, "act_batch", "act_seq"))
+    x_UBT = jnp.swapaxes(x_BT.reshape(B // accum, accum, T), 0, 1)
+    return shard(x_UBT, (None, "act_batch", "act_seq"))
   return jax.tree.map(split, batch)
 
 
