@@ -67,3 +67,19 @@ def choose(op: str, implementation, backends: Mapping[str, object], order: Seque
     raise ValueError(f"{op} implementation={implementation!r} cannot take this call ({why}); "
                      "pass implementation=None to choose one that can.")
   raise ValueError(f"no {op} backend takes this call on {platform()} ({why}).")
+
+
+# The row-wise ops (rms_norm, rope, cross_entropy): a reference and one Triton kernel each; the
+# kernel is theirs on a GPU where it fits, 'pallas' interprets it on CPU, and TPU has none.
+ROW_OP_IMPLEMENTATIONS = ("xla", "pallas")
+_ROW_OP_PALLAS = {"gpu": ("triton",), "cpu": ("triton",), "tpu": ()}
+_ROW_OP_ORDER = {"gpu": ("triton", "xla"), "cpu": ("xla",), "tpu": ("xla",)}
+
+
+def choose_triton_or_xla(op: str, implementation, reference, triton, **call) -> str:
+  """'triton' or 'xla' for a row-wise op's `call`: `choose` over its two backend modules."""
+  where = platform()
+  return choose(op, implementation, {"xla": reference, "triton": triton},
+                _ROW_OP_ORDER.get(where, _ROW_OP_ORDER["cpu"]),
+                {"pallas": _ROW_OP_PALLAS.get(where, _ROW_OP_PALLAS["cpu"])},
+                ROW_OP_IMPLEMENTATIONS, platform=where, **call)

@@ -354,6 +354,15 @@ def _probs_RC(cfg, b, j, sc, side_refs, masked, q_RH, k_CH, cs_RW, lse_RW):
   return (p_RC if ok_RC is None else jnp.where(ok_RC, p_RC, 0.0)), qk_RC
 
 
+def _block_probs(cfg, b, j, sc, side_refs, masked, q_ref, k_ref, v_ref, do_ref, c_ref, lse_ref):
+  """A block pair's q, k, v, dO, multiplier * scale and (probabilities, q.k): both kernels'
+  backward step starts here."""
+  q_RH, k_CH, v_CH, do_RH = q_ref[0, 0], k_ref[0, 0], v_ref[0, 0], do_ref[0, 0]
+  cs_RW = c_ref[0, 0] * cfg.scale
+  p_RC, qk_RC = _probs_RC(cfg, b, j, sc, side_refs, masked, q_RH, k_CH, cs_RW, lse_ref[0, 0])
+  return q_RH, k_CH, v_CH, do_RH, cs_RW, p_RC, qk_RC
+
+
 def _dq_kernel(*refs, cfg):
   n = len(_Scalars._fields)
   sc = _Scalars(*refs[:n])
@@ -370,9 +379,8 @@ def _dq_kernel(*refs, cfg):
     dc_acc_ref[...] = jnp.zeros(dc_acc_ref.shape, jnp.float32)
 
   def step(masked):
-    q_RH, k_CH, v_CH, do_RH = q_ref[0, 0], k_ref[0, 0], v_ref[0, 0], do_ref[0, 0]
-    cs_RW = c_ref[0, 0] * cfg.scale
-    p_RC, qk_RC = _probs_RC(cfg, b, j, sc, side_refs, masked, q_RH, k_CH, cs_RW, lse_ref[0, 0])
+    _, k_CH, v_CH, do_RH, _, p_RC, qk_RC = _block_probs(
+        cfg, b, j, sc, side_refs, masked, q_ref, k_ref, v_ref, do_ref, c_ref, lse_ref)
     dp_RC = _dot_nt(do_RH, v_CH)
     dz_RC = p_RC * (dp_RC - jnp.tile(di_ref[0, 0], (1, reps)))  # d loss / d logit
     dq_acc_ref[...] += _dot_nn(dz_RC.astype(k_CH.dtype), k_CH)
@@ -404,9 +412,8 @@ def _dkv_kernel(*refs, cfg):
     dv_acc_ref[...] = jnp.zeros(dv_acc_ref.shape, jnp.float32)
 
   def step(masked):
-    q_RH, k_CH, v_CH, do_RH = q_ref[0, 0], k_ref[0, 0], v_ref[0, 0], do_ref[0, 0]
-    cs_RW = c_ref[0, 0] * cfg.scale
-    p_RC, _ = _probs_RC(cfg, b, j, sc, side_refs, masked, q_RH, k_CH, cs_RW, lse_ref[0, 0])
+    q_RH, _, v_CH, do_RH, cs_RW, p_RC, _ = _block_probs(
+        cfg, b, j, sc, side_refs, masked, q_ref, k_ref, v_ref, do_ref, c_ref, lse_ref)
     dv_acc_ref[...] += _dot_nn(p_RC.T.astype(do_RH.dtype), do_RH)
     dp_RC = _dot_nt(do_RH, v_CH)
     ds_RC = p_RC * (dp_RC - jnp.tile(di_ref[0, 0], (1, reps))) * jnp.tile(cs_RW, (1, reps))

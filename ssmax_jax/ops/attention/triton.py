@@ -128,14 +128,15 @@ def _three_loops(bounds_ref, body, carry):
   return lax.fori_loop(hi_full, hi, functools.partial(body, masked=True), carry)
 
 
+def _segment_refs(refs, has_seg):
+  """(q_seg ref, kv_seg ref, output refs): a kernel's segment-id inputs come first when given."""
+  return (refs[0], refs[1], refs[2:]) if has_seg else (None, None, refs)
+
+
 def _fwd_kernel(bounds_ref, q_ref, k_ref, v_ref, c_ref, pos_ref, *refs, scale, causal, window,
                 block_k, has_seg, precision):
-  if has_seg:
-    qseg_ref, kvseg_ref, o_ref, lse_ref = refs
-    qseg = qseg_ref[...]
-  else:
-    o_ref, lse_ref = refs
-    qseg = None
+  qseg_ref, kvseg_ref, (o_ref, lse_ref) = _segment_refs(refs, has_seg)
+  qseg = qseg_ref[...] if has_seg else None
   block_q, head_dim = q_ref.shape
   q = q_ref[...]
   r = c_ref[...] * (scale * LOG2E)                          # row multiplier, base-2 units
@@ -174,12 +175,8 @@ def _fwd_kernel(bounds_ref, q_ref, k_ref, v_ref, c_ref, pos_ref, *refs, scale, c
 
 def _dq_kernel(bounds_ref, q_ref, k_ref, v_ref, c_ref, pos_ref, do_ref, lse_ref, delta_ref, *refs,
                scale, causal, window, block_k, has_seg, precision):
-  if has_seg:
-    qseg_ref, kvseg_ref, dq_ref, dc_ref = refs
-    qseg = qseg_ref[...]
-  else:
-    dq_ref, dc_ref = refs
-    qseg = None
+  qseg_ref, kvseg_ref, (dq_ref, dc_ref) = _segment_refs(refs, has_seg)
+  qseg = qseg_ref[...] if has_seg else None
   block_q, head_dim = q_ref.shape
   q = q_ref[...]
   do = do_ref[...]
@@ -215,10 +212,7 @@ def _dq_kernel(bounds_ref, q_ref, k_ref, v_ref, c_ref, pos_ref, do_ref, lse_ref,
 
 def _dkdv_kernel(bounds_ref, q_ref, k_ref, v_ref, c_ref, pos_ref, do_ref, lse_ref, delta_ref,
                  *refs, scale, causal, window, block_q, has_seg, precision):
-  if has_seg:
-    qseg_ref, kvseg_ref, dk_ref, dv_ref = refs
-  else:
-    dk_ref, dv_ref = refs
+  qseg_ref, kvseg_ref, (dk_ref, dv_ref) = _segment_refs(refs, has_seg)
   block_k, head_dim = k_ref.shape
   k = k_ref[...]
   v = v_ref[...]

@@ -13,10 +13,10 @@ in most training stacks); the reductions and the probabilities are always comput
 They are reduced by a backend that ops/_dispatch.py chooses at trace time, under the mesh of
 the computation:
 
-- implementation=None (or 'auto'): the first backend of the platform's ORDER that takes the
+- implementation=None (or 'auto'): the first backend of the platform's order that takes the
   call: on a GPU the kernel where the mesh keeps whole vocabulary rows on each device and each
   device's rows of a chunk split into its blocks, XLA elsewhere;
-- 'xla': plain XLA (reference.py); 'pallas': the platform's kernels (PALLAS; triton.py reads
+- 'xla': plain XLA (reference.py); 'pallas': the platform's kernels (triton.py reads
   each chunk's logits twice where XLA reads them four times), on each device's rows, or a
   ValueError with the reason they cannot take the call.
 """
@@ -31,12 +31,7 @@ from ssmax_jax.ops import _dispatch, _sharding
 from ssmax_jax.ops.cross_entropy import reference, triton
 
 LOGITS_DTYPES = ("float32", "bfloat16")
-IMPLEMENTATIONS = ("xla", "pallas")
-_BACKENDS = {"xla": reference, "triton": triton}
-# The kernels named 'pallas' on each platform (CPU: Triton in interpret mode; none on TPU).
-PALLAS = {"gpu": ("triton",), "cpu": ("triton",), "tpu": ()}
-# What implementation=None tries on each platform. CPU: XLA (the kernel only interprets there).
-ORDER = {"gpu": ("triton", "xla"), "cpu": ("xla",), "tpu": ("xla",)}
+IMPLEMENTATIONS = _dispatch.ROW_OP_IMPLEMENTATIONS
 
 
 def _num_chunks(B, T, chunk_tokens):
@@ -57,13 +52,10 @@ def check_options(logits_dtype, implementation=None):
 
 
 def _choose(implementation, batch, chunk_len, logits_spec):
-  """The name of the backend (a key of _BACKENDS) for chunks of [batch, chunk_len, V] logits
+  """The name of the backend ('triton' or 'xla') for chunks of [batch, chunk_len, V] logits
   laid out by `logits_spec`."""
-  platform = _dispatch.platform()
-  return _dispatch.choose("loss", implementation, _BACKENDS, ORDER.get(platform, ORDER["cpu"]),
-                          {"pallas": PALLAS.get(platform, PALLAS["cpu"])}, IMPLEMENTATIONS,
-                          batch=batch, chunk_len=chunk_len, logits_spec=logits_spec,
-                          platform=platform)
+  return _dispatch.choose_triton_or_xla("loss", implementation, reference, triton,
+                                        batch=batch, chunk_len=chunk_len, logits_spec=logits_spec)
 
 
 def _kernel_loss_and_grad(logits_MV, targets_M, weights_M, vocab_size, grad_dtype, rows_spec):

@@ -4,10 +4,10 @@ choice, on each device's rows and heads.
 `rotate_back_stacked` validates the arrays, asks ops/_dispatch.py for a backend (at trace time,
 under the mesh of the computation), and runs it:
 
-- implementation=None (or 'auto'): the first backend of the platform's ORDER that takes the
+- implementation=None (or 'auto'): the first backend of the platform's order that takes the
   call: the kernel on a GPU where the head dimension is whole on each device and the device's
   rows split into its blocks, XLA elsewhere;
-- 'xla': the jnp reference; 'pallas': the platform's kernels (PALLAS), or a ValueError with
+- 'xla': the jnp reference; 'pallas': the platform's kernels, or a ValueError with
   the reason they cannot take the call.
 """
 import functools
@@ -17,12 +17,7 @@ from jax.sharding import PartitionSpec as P
 from ssmax_jax.ops import _dispatch, _sharding
 from ssmax_jax.ops.rope import reference, triton
 
-IMPLEMENTATIONS = ("xla", "pallas")
-_BACKENDS = {"xla": reference, "triton": triton}
-# The kernels named 'pallas' on each platform (CPU: Triton in interpret mode; none on TPU).
-PALLAS = {"gpu": ("triton",), "cpu": ("triton",), "tpu": ()}
-# What implementation=None tries on each platform. CPU: XLA (the kernel only interprets there).
-ORDER = {"gpu": ("triton", "xla"), "cpu": ("xla",), "tpu": ("xla",)}
+IMPLEMENTATIONS = _dispatch.ROW_OP_IMPLEMENTATIONS
 
 
 def check_inputs(g_q_BTNH, g_k_BTNH, cos_BTP, sin_BTP):
@@ -41,11 +36,9 @@ def check_inputs(g_q_BTNH, g_k_BTNH, cos_BTP, sin_BTP):
 
 
 def _choose(implementation, shape, spec):
-  """The name of the backend (a key of _BACKENDS) for gradients of `shape` laid out by `spec`."""
-  platform = _dispatch.platform()
-  return _dispatch.choose("rope", implementation, _BACKENDS, ORDER.get(platform, ORDER["cpu"]),
-                          {"pallas": PALLAS.get(platform, PALLAS["cpu"])}, IMPLEMENTATIONS,
-                          shape=shape, spec=spec, platform=platform)
+  """The name of the backend ('triton' or 'xla') for gradients of `shape` laid out by `spec`."""
+  return _dispatch.choose_triton_or_xla("rope", implementation, reference, triton,
+                                        shape=shape, spec=spec)
 
 
 def rotate_back_stacked(g_q_BTNH, g_k_BTNH, cos_BTP, sin_BTP, *, spec=None,
