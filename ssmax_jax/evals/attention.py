@@ -93,7 +93,7 @@ def needle_attention(model, tokenizer, tokens, length: int, *, trials: int = 100
     desc: its label.
 
   Returns:
-    A dict: context_length, trials, rope_theta, mean [L][N], std [L][N], top_heads (sorted
+    A dict: context_length, trials, rope_theta, mean `[L][N]`, std `[L][N]`, top_heads (sorted
     by mean).
   """
   if trials < 1 or batch_size < 1:

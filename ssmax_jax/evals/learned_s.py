@@ -14,7 +14,7 @@ def head_scalars(model) -> dict:
     model: a `Transformer`.
 
   Returns:
-    {'variant', 's': [L][N] or None, 'b': [L][N] or None, 's_init', 'fixed_s'}: s and b are
+    `{'variant', 's': [L][N] or None, 'b': [L][N] or None, 's_init', 'fixed_s'}`: s and b are
     None where the variant does not learn them; fixed_s is set for ssmax_fixed.
   """
   cfg = model.config

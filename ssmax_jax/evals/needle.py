@@ -116,7 +116,7 @@ def needle_grid(model, tokenizer, tokens, lengths, depths, *, trials: int = 20,
 
   Returns:
     A dict: context_lengths, depths, trials, rope_theta, method, accuracy [len x depth],
-    correct [len x depth], predictions [len][depth][trial] (decoded text) and numbers (the
+    correct [len x depth], predictions `[len][depth][trial]` (decoded text) and numbers (the
     answers).
   """
   if method not in ("generate", "teacher_forcing"):
