@@ -76,9 +76,26 @@ def span_mass(probs_BLNT, spans_B2) -> np.ndarray:
 def needle_attention(model, tokenizer, tokens, length: int, *, trials: int = 100,
                      rope_theta=None, batch_size: int = 4, seed: int = 0,
                      show_progress: bool = True, desc: str = "") -> dict:
-  """Mean (and std) over `trials` needle prompts of `length` tokens (random city, number, depth)
-  of the weight the last prompt token gives to the needle number, [L,N]. Returns a dict:
-  context_length, trials, rope_theta, mean [L][N], std [L][N], top_heads (sorted by mean)."""
+  """The weight the last prompt token gives to the needle number, per layer and head.
+
+  Averaged over `trials` needle prompts of `length` tokens (random city, number, depth).
+
+  Args:
+    model: a `Transformer`.
+    tokenizer: the model's tokenizer (`ssmax_jax.data.get_tokenizer`).
+    tokens: the flat validation token stream the haystacks are cut from.
+    length: T, the prompt length.
+    trials: prompts averaged.
+    rope_theta: RoPE's base; None is the model's.
+    batch_size: prompts per forward pass.
+    seed: draws the prompts.
+    show_progress: a progress bar.
+    desc: its label.
+
+  Returns:
+    A dict: context_length, trials, rope_theta, mean `[L][N]`, std `[L][N]`, top_heads (sorted
+    by mean).
+  """
   if trials < 1 or batch_size < 1:
     raise ValueError(f"trials={trials} and batch_size={batch_size} must be >= 1.")
   shortest = needle.min_context_length(tokenizer)

@@ -8,9 +8,14 @@ from ssmax_jax.evals import common
 
 
 def head_scalars(model) -> dict:
-  """{'variant', 's': [L][N] or None, 'b': [L][N] or None, 's_init', 'fixed_s'}.
+  """The attention variant's scalars of every layer and head.
 
-  s and b are None where the variant does not learn them; fixed_s is set for ssmax_fixed.
+  Args:
+    model: a `Transformer`.
+
+  Returns:
+    `{'variant', 's': [L][N] or None, 'b': [L][N] or None, 's_init', 'fixed_s'}`: s and b are
+    None where the variant does not learn them; fixed_s is set for ssmax_fixed.
   """
   cfg = model.config
   s_init = None

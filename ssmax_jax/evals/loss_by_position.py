@@ -81,11 +81,24 @@ def loss_by_position(model, tokens, length: int, *, num_sequences: int, batch_si
                      doc_starts=None, show_progress: bool = True, desc: str = "") -> dict:
   """Per-position mean test loss of `model` on `num_sequences` windows of `length` tokens.
 
-  tokens: the flat validation stream; windows cross document boundaries unless doc_starts
-  (the corpus' document offsets) is given, which puts each window at a document's start (at
-  most num_sequences documents of length + 1 tokens or more). Returns a dict: context_length,
-  rope_theta, num_sequences, mean_loss, loss_per_position [T], window, window_starts,
-  windowed_loss.
+  Args:
+    model: a `Transformer`.
+    tokens: the flat validation token stream (1-D ints).
+    length: T, the context length.
+    num_sequences: windows of T + 1 tokens averaged.
+    batch_size: windows per forward pass.
+    rope_theta: RoPE's base; None is the model's.
+    window: positions averaged per point of windowed_loss.
+    chunk_tokens: the most logits positions computed at once.
+    doc_starts: the corpus' document offsets: puts each window at a document's start (at
+      most num_sequences documents of T + 1 tokens or more); None lets windows cross
+      document boundaries.
+    show_progress: a progress bar.
+    desc: its label.
+
+  Returns:
+    A dict: context_length, rope_theta, num_sequences, mean_loss, loss_per_position [T],
+    window, window_starts, windowed_loss.
   """
   starts = window_starts(len(tokens), length, num_sequences, doc_starts)
   total_T = np.zeros(length, np.float64)

@@ -98,10 +98,26 @@ def needle_grid(model, tokenizer, tokens, lengths, depths, *, trials: int = 20,
                 show_progress: bool = True, desc: str = "") -> dict:
   """Exact-match accuracy of the 7-digit answer on a lengths x depths grid.
 
-  method: 'generate' (greedy decoding with the KV cache) or 'teacher_forcing' (argmax at each
-  answer position given the true prefix: the same exact match in one forward, no generated text).
-  Returns a dict: context_lengths, depths, trials, rope_theta, method, accuracy [len x depth],
-  correct [len x depth], predictions [len][depth][trial] (decoded text) and numbers (the answers).
+  Args:
+    model: a `Transformer`.
+    tokenizer: the model's tokenizer (`ssmax_jax.data.get_tokenizer`).
+    tokens: the flat validation token stream the haystacks are cut from.
+    lengths: context lengths (prompt tokens).
+    depths: needle depths in [0, 1].
+    trials: needles per cell.
+    rope_theta: RoPE's base; None is the model's.
+    batch_size: prompts per decoding call.
+    seed: draws the cities, numbers and haystacks (`cell_rng`).
+    method: 'generate' (greedy decoding with the KV cache) or 'teacher_forcing' (argmax at
+      each answer position given the true prefix: the same exact match in one forward, no
+      generated text).
+    show_progress: a progress bar.
+    desc: its label.
+
+  Returns:
+    A dict: context_lengths, depths, trials, rope_theta, method, accuracy [len x depth],
+    correct [len x depth], predictions `[len][depth][trial]` (decoded text) and numbers (the
+    answers).
   """
   if method not in ("generate", "teacher_forcing"):
     raise ValueError(f"method={method!r}; choose 'generate' or 'teacher_forcing'.")

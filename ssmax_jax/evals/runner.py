@@ -33,10 +33,36 @@ def run_loss_by_position(specs, out_dir="", *, multiples=(1, 2, 5, 10, 20), leng
                          chunk_tokens=8192, documents_only=False, data_source="",
                          implementation="default", memory_limit_gb=None,
                          show_progress=True) -> dict:
-  """Test loss per position for each model, context length and RoPE theta scale.
+  """Test loss per position for each model, context length and RoPE theta scale (Fig. 5).
 
-  window 0: l_train // 8. documents_only: windows start at documents long enough (else evenly
-  spaced windows of the stream, across documents). Writes loss_by_position.{json,png,md}.
+  Writes loss_by_position.{json,png,md} into out_dir.
+
+  Args:
+    specs: model specs, each `[LABEL=]WORKDIR[@STEP][:VARIANT]` (`common.ModelSpec`): a
+      training workdir, a checkpoint step (default the latest) and a variant to evaluate as.
+    out_dir: where the results go; '' is WORKDIR/eval of the only model.
+    multiples: context lengths as multiples of each model's l_train.
+    lengths: context lengths in tokens (added to those of multiples).
+    theta_scales: RoPE theta multipliers to evaluate at (the paper raises theta 50x).
+    num_sequences: windows averaged per length.
+    batch_size: windows per forward pass.
+    window: positions averaged per plotted point; 0 is l_train // 8.
+    chunk_tokens: the most logits positions computed at once.
+    documents_only: windows start at documents long enough (else evenly spaced windows of
+      the stream, across documents).
+    data_source: evaluation data other than each run's own (a prep_data directory or a
+      token file); '' is the run's validation split.
+    implementation: the attention backend ('default': XLA on CPU, a flash kernel elsewhere).
+    memory_limit_gb: refuse lengths whose activations need more (None: 90% of the device's
+      memory).
+    show_progress: progress bars.
+
+  Returns:
+    The JSON document written (`common.write_json`: format, kind, settings, models, results).
+
+  Raises:
+    ValueError: on a bad spec, a length that does not fit, or too little data, before any
+      evaluation.
   """
   loaded, out_dir = _prepare(specs, out_dir, implementation)
   limit = common.memory_limit_bytes(memory_limit_gb)
@@ -82,7 +108,36 @@ def run_needle(specs, out_dir="", *, multiples=(1, 2, 5, 10, 20), lengths=(),
                depths=tuple(np.round(np.linspace(0, 1, 11), 2)), trials=20, theta_scales=(50,),
                batch_size=8, method="generate", seed=0, data_source="",
                implementation="default", memory_limit_gb=None, show_progress=True) -> dict:
-  """Needle exact-match grid per model and RoPE theta scale; needle.json, needle_*.png, needle.md."""
+  """Needle exact-match grid per model and RoPE theta scale (section 3.3).
+
+  Writes needle.json, needle_*.png and needle.md into out_dir.
+
+  Args:
+    specs: model specs, each `[LABEL=]WORKDIR[@STEP][:VARIANT]` (`common.ModelSpec`): a
+      training workdir, a checkpoint step (default the latest) and a variant to evaluate as.
+    out_dir: where the results go; '' is WORKDIR/eval of the only model.
+    multiples: context lengths as multiples of each model's l_train.
+    lengths: context lengths in tokens (added to those of multiples).
+    depths: needle depths in [0, 1] (0: the start of the context).
+    trials: needles per (length, depth) cell.
+    theta_scales: RoPE theta multipliers to evaluate at.
+    batch_size: prompts per decoding call.
+    method: 'generate' (greedy decoding) or 'teacher_forcing' (`needle.needle_grid`).
+    seed: draws the cities, numbers and haystacks.
+    data_source: evaluation data other than each run's own (a prep_data directory or a
+      token file); '' is the run's validation split.
+    implementation: the attention backend ('default': XLA on CPU, a flash kernel elsewhere).
+    memory_limit_gb: refuse lengths whose activations need more (None: 90% of the device's
+      memory).
+    show_progress: progress bars.
+
+  Returns:
+    The JSON document written (`common.write_json`: format, kind, settings, models, results).
+
+  Raises:
+    ValueError: on a bad spec, a length that does not fit, or too little data, before any
+      evaluation.
+  """
   loaded, out_dir = _prepare(specs, out_dir, implementation)
   limit = common.memory_limit_bytes(memory_limit_gb)
   plans = []
@@ -126,8 +181,35 @@ def run_needle(specs, out_dir="", *, multiples=(1, 2, 5, 10, 20), lengths=(),
 def run_attention(specs, out_dir="", *, multiple=8.0, length=0, trials=100, theta_scale=50.0,
                   batch_size=4, seed=0, top_k=10, data_source="", implementation="default",
                   memory_limit_gb=None, show_progress=True) -> dict:
-  """Attention of the last prompt token to the needle number per layer and head (length 0:
-  multiple x l_train; the paper used 8,000 tokens); attention.{json,png,md}."""
+  """Attention of the last prompt token to the needle number per layer and head (Fig. 7/8).
+
+  Writes attention.{json,png,md} into out_dir.
+
+  Args:
+    specs: model specs, each `[LABEL=]WORKDIR[@STEP][:VARIANT]` (`common.ModelSpec`): a
+      training workdir, a checkpoint step (default the latest) and a variant to evaluate as.
+    out_dir: where the results go; '' is WORKDIR/eval of the only model.
+    multiple: the context length as a multiple of l_train (when length is 0).
+    length: the context length in tokens (the paper used 8,000); 0 uses multiple.
+    trials: needle prompts averaged.
+    theta_scale: the RoPE theta multiplier.
+    batch_size: prompts per forward pass.
+    seed: draws the cities, numbers, depths and haystacks.
+    top_k: heads listed and plotted.
+    data_source: evaluation data other than each run's own (a prep_data directory or a
+      token file); '' is the run's validation split.
+    implementation: the attention backend ('default': XLA on CPU, a flash kernel elsewhere).
+    memory_limit_gb: refuse lengths whose activations need more (None: 90% of the device's
+      memory).
+    show_progress: progress bars.
+
+  Returns:
+    The JSON document written (`common.write_json`: format, kind, settings, models, results).
+
+  Raises:
+    ValueError: on a bad spec, a length that does not fit, or too little data, before any
+      evaluation.
+  """
   loaded, out_dir = _prepare(specs, out_dir, implementation)
   limit = common.memory_limit_bytes(memory_limit_gb)
   plans = []
@@ -166,7 +248,18 @@ def run_attention(specs, out_dir="", *, multiple=8.0, length=0, trials=100, thet
 
 
 def run_learned_s(specs, out_dir="") -> dict:
-  """s (and b) per layer and head of each model: learned_s.json, learned_s_*.png, learned_s.md."""
+  """s (and b) per layer and head of each model.
+
+  Writes learned_s.json, learned_s_*.png and learned_s.md into out_dir.
+
+  Args:
+    specs: model specs, each `[LABEL=]WORKDIR[@STEP][:VARIANT]` (`common.ModelSpec`): a
+      training workdir, a checkpoint step (default the latest) and a variant to evaluate as.
+    out_dir: where the results go; '' is WORKDIR/eval of the only model.
+
+  Returns:
+    The JSON document written (`common.write_json`).
+  """
   loaded, out_dir = _prepare(specs, out_dir, "default")
   results = []
   for spec, model, _, _ in loaded:

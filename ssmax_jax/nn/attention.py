@@ -1,24 +1,43 @@
 """SSMax attention as Flax modules: a full attention layer and attention_fn drop-ins."""
 import functools
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import ArrayLike, DTypeLike
 
 from ssmax_jax import ops
+from ssmax_jax.nn._signature import init_signature
 from ssmax_jax.nn.layers import Dense, rope, rope_cos_sin
 from ssmax_jax.nn.partitioning import activation_spec, shard
 
 
+@init_signature
 class LogitScale(nnx.Module):
   """A variant's multiplier c = f(n) and its learned parameters (s, and b for ssmax_bias).
 
-  variant: a name in ssmax_jax.VARIANTS. s is initialised to s_init (default
-  1/mean(log n, n=1..l_train)); ssmax_fixed uses the constant fixed_s.
+  The attention modules hold one each; `attention_kwargs` turns it into the arguments of
+  `ssmax_jax.dot_product_attention`. Parameters: `s` [N] (ssmax, ssmax_bias) and `b` [N]
+  (ssmax_bias), float32, None where the variant does not learn them.
   """
 
-  def __init__(self, num_heads, variant="ssmax", *, l_train=1024, s_init=None, b_init=0.0,
-               fixed_s=1.0, floor_scale=8192.0, attn_scale=0.1):
+  def __init__(self, num_heads: int, variant: str = "ssmax", *, l_train: int = 1024,
+               s_init: float | None = None, b_init: float = 0.0, fixed_s: float = 1.0,
+               floor_scale: float = 8192.0, attn_scale: float = 0.1):
+    """Creates the variant's parameters.
+
+    Args:
+      num_heads: N, the number of query heads (one s and b each).
+      variant: a name in `ssmax_jax.VARIANTS`.
+      l_train: the training length: the default s_init and qwen_logn's L_train.
+      s_init: the initial s; None is `ssmax_jax.default_s_init(l_train)`.
+      b_init: the initial b (ssmax_bias).
+      fixed_s: ssmax_fixed's constant s.
+      floor_scale: llama4_temperature's floor scale.
+      attn_scale: llama4_temperature's attention scale.
+    """
     self.num_heads = num_heads
     self.l_train = l_train
     self.fixed_s = fixed_s
@@ -28,11 +47,17 @@ class LogitScale(nnx.Module):
     self.b = nnx.data(None)
     self.set_variant(variant, s_init=s_init, b_init=b_init)
 
-  def set_variant(self, variant, *, s_init=None, b_init=0.0):
+  def set_variant(self, variant: str, *, s_init: float | None = None,
+                  b_init: float = 0.0) -> None:
     """Switches the variant, adding s (and b) when it learns them and keeping existing ones.
 
     This is how softmax pretraining moves to SSMax (the paper's variants (e) and (f)) and how an
     inference-only variant (qwen_logn, llama4_temperature) is evaluated on a softmax model.
+
+    Args:
+      variant: a name in `ssmax_jax.VARIANTS`.
+      s_init: the initial s if s is created now; None is `default_s_init(l_train)`.
+      b_init: the initial b if b is created now.
     """
     ops.check_variant(variant)
     self.variant = variant
@@ -44,8 +69,21 @@ class LogitScale(nnx.Module):
       self.b = nnx.Param(jnp.full((self.num_heads,), b_init, jnp.float32),
                          out_sharding=("head_scalars",), eager_sharding=False)
 
-  def attention_kwargs(self, query, key, mask=None, **mask_kwargs):
-    """Keyword arguments (s, b or logit_multiplier) for ssmax_jax.dot_product_attention."""
+  def attention_kwargs(self, query: jax.Array, key: jax.Array, mask: ArrayLike | None = None,
+                       **mask_kwargs) -> dict:
+    """Keyword arguments (s, b or logit_multiplier) for `ssmax_jax.dot_product_attention`.
+
+    Args:
+      query: [B,T,N,H] (only its shape is read).
+      key: [B,S,K,H] (only its shape is read).
+      mask: the boolean mask the attention call gets.
+      **mask_kwargs: the other masking arguments of that call (is_causal, segment_ids, ...):
+        n is counted under them for the variants whose c the op does not compute itself.
+
+    Returns:
+      {} for softmax, {'s'} or {'s', 'b'} for the learned variants, else {'logit_multiplier'}
+      with c float32 [B,T,N].
+    """
     if self.variant == "softmax":
       return {}
     if self.variant == "ssmax":
@@ -106,17 +144,45 @@ def _project_rotate_qk_bwd(head_dim, residuals, grads):
 project_rotate_qk.defvjp(_project_rotate_qk_fwd, _project_rotate_qk_bwd)
 
 
+@init_signature
 class SSMaxAttention(nnx.Module):
-  """Multi-head (GQA) self-attention with RoPE and a length-scaled softmax.
+  """Multi-head (GQA) causal self-attention with RoPE and a length-scaled softmax.
 
   x [B,T,D] -> [B,T,D]. Projections have no bias. RoPE theta can be overridden per call (the
   paper raises it 50x at evaluation). `init_cache` enables decoding with a fixed-size KV cache.
+  Submodules: q_proj, k_proj, v_proj, o_proj (`Dense`) and logit_scale (`LogitScale`).
   """
 
-  def __init__(self, d_model, num_heads, *, num_kv_heads=None, head_dim=None, variant="ssmax",
-               l_train=1024, rope_theta=10000.0, s_init=None, b_init=0.0, fixed_s=1.0,
-               floor_scale=8192.0, attn_scale=0.1, implementation=None, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
+               head_dim: int | None = None, variant: str = "ssmax", l_train: int = 1024,
+               rope_theta: float = 10000.0, s_init: float | None = None, b_init: float = 0.0,
+               fixed_s: float = 1.0, floor_scale: float = 8192.0, attn_scale: float = 0.1,
+               implementation: str | None = None, dtype: DTypeLike = jnp.float32,
+               param_dtype: DTypeLike = jnp.float32, rngs: nnx.Rngs):
+    """Creates the projections and the variant's parameters.
+
+    Args:
+      d_model: D, the width of the input and output.
+      num_heads: N, the number of query heads.
+      num_kv_heads: K, the number of key/value heads (GQA); None is N. N % K must be 0.
+      head_dim: H, even (RoPE); None is D // N.
+      variant: a name in `ssmax_jax.VARIANTS`.
+      l_train: the training length: the default s_init and qwen_logn's L_train.
+      rope_theta: RoPE's base; each call may override it.
+      s_init: the initial s; None is `ssmax_jax.default_s_init(l_train)`.
+      b_init: the initial b (ssmax_bias).
+      fixed_s: ssmax_fixed's constant s.
+      floor_scale: llama4_temperature's floor scale.
+      attn_scale: llama4_temperature's attention scale.
+      implementation: the attention backend (`ssmax_jax.dot_product_attention`); None picks
+        one per platform.
+      dtype: the compute dtype of the projections.
+      param_dtype: the dtype the projection weights are stored in.
+      rngs: the random streams; the weights draw from `rngs.params()`.
+
+    Raises:
+      ValueError: if K does not divide N or H is odd.
+    """
     num_kv_heads = num_kv_heads or num_heads
     head_dim = head_dim or d_model // num_heads
     if num_heads % num_kv_heads:
@@ -136,14 +202,37 @@ class SSMaxAttention(nnx.Module):
                                   attn_scale=attn_scale)
     self.cache_k, self.cache_v, self.cache_index = nnx.data(None), nnx.data(None), nnx.data(None)
 
-  def init_cache(self, batch_size, max_len, dtype=jnp.bfloat16):
+  def init_cache(self, batch_size: int, max_len: int, dtype: DTypeLike = jnp.bfloat16) -> None:
+    """Allocates an empty KV cache for `decode=True` calls (replacing any earlier one).
+
+    Args:
+      batch_size: B of the decoding calls.
+      max_len: S, the most positions the cache holds (prompt plus generated tokens).
+      dtype: the dtype keys and values are stored in.
+    """
     shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
     self.cache_k = nnx.Cache(jnp.zeros(shape, dtype))
     self.cache_v = nnx.Cache(jnp.zeros(shape, dtype))
     self.cache_index = nnx.Cache(jnp.zeros((), jnp.int32))
 
-  def __call__(self, x_BTD, *, positions_BT=None, segment_ids_BT=None, rope_theta=None,
-               decode=False):
+  def __call__(self, x_BTD: jax.Array, *, positions_BT: jax.Array | None = None,
+               segment_ids_BT: jax.Array | None = None, rope_theta: ArrayLike | None = None,
+               decode: bool = False) -> jax.Array:
+    """Causal self-attention of x, or one decoding step against the KV cache.
+
+    Args:
+      x_BTD: [B,T,D] inputs.
+      positions_BT: [B,T] int RoPE positions (default 0..T-1); packed documents restart them.
+        Ignored with decode=True (positions follow the cache).
+      segment_ids_BT: [B,T] int document ids: a query attends only keys of its document, and
+        n counts only those. Not supported with decode=True.
+      rope_theta: RoPE's base for this call (may be traced); None is the module's.
+      decode: append this call's keys and values to the cache (`init_cache` first) and attend
+        every cached position up to each query's.
+
+    Returns:
+      [B,T,D] in the projections' compute dtype.
+    """
     B, T, _ = x_BTD.shape
     N, K, H = self.num_heads, self.num_kv_heads, self.head_dim
     theta = self.rope_theta if rope_theta is None else rope_theta
@@ -200,24 +289,66 @@ def _check_no_dropout(dropout_rate, deterministic):
                      " uses none): set dropout_rate=0 or deterministic=True.")
 
 
+@init_signature
 class SSMaxAttentionFn(nnx.Module):
   """Drop-in `attention_fn` for flax.nnx.MultiHeadAttention, with its own learned s.
 
   Use one instance per layer:
-    nnx.MultiHeadAttention(..., attention_fn=SSMaxAttentionFn(num_heads, 'ssmax'), rngs=rngs)
-  n is counted from the mask NNX passes (and is_causal).
+
+      nnx.MultiHeadAttention(..., attention_fn=SSMaxAttentionFn(num_heads, 'ssmax'), rngs=rngs)
+
+  n is counted from the mask NNX passes (and is_causal). Dropout is not supported.
   """
 
-  def __init__(self, num_heads, variant="ssmax", *, l_train=1024, s_init=None, b_init=0.0,
-               fixed_s=1.0, floor_scale=8192.0, attn_scale=0.1, implementation=None):
+  def __init__(self, num_heads: int, variant: str = "ssmax", *, l_train: int = 1024,
+               s_init: float | None = None, b_init: float = 0.0, fixed_s: float = 1.0,
+               floor_scale: float = 8192.0, attn_scale: float = 0.1,
+               implementation: str | None = None):
+    """Creates the variant's parameters (a `LogitScale`).
+
+    Args:
+      num_heads: N, the number of query heads of the attention module it serves.
+      variant: a name in `ssmax_jax.VARIANTS`.
+      l_train: the training length: the default s_init and qwen_logn's L_train.
+      s_init: the initial s; None is `ssmax_jax.default_s_init(l_train)`.
+      b_init: the initial b (ssmax_bias).
+      fixed_s: ssmax_fixed's constant s.
+      floor_scale: llama4_temperature's floor scale.
+      attn_scale: llama4_temperature's attention scale.
+      implementation: the attention backend; None picks one per platform.
+    """
     self.logit_scale = LogitScale(num_heads, variant, l_train=l_train, s_init=s_init,
                                   b_init=b_init, fixed_s=fixed_s, floor_scale=floor_scale,
                                   attn_scale=attn_scale)
     self.implementation = implementation
 
-  def __call__(self, query, key, value, bias=None, mask=None, *, is_causal=False,
-               dropout_rate=0.0, deterministic=True, dropout_rng=None, broadcast_dropout=True,
-               dtype=None, precision=None, module=None, **unused_kwargs):
+  def __call__(self, query: jax.Array, key: jax.Array, value: jax.Array,
+               bias: ArrayLike | None = None, mask: ArrayLike | None = None, *,
+               is_causal: bool = False, dropout_rate: float = 0.0, deterministic: bool = True,
+               dropout_rng: jax.Array | None = None, broadcast_dropout: bool = True,
+               dtype: DTypeLike | None = None, precision=None, module=None,
+               **unused_kwargs) -> jax.Array:
+    """Attention as nnx.MultiHeadAttention calls its `attention_fn`.
+
+    Args:
+      query: [B,T,N,H].
+      key: [B,S,K,H].
+      value: [B,S,K,H].
+      bias: added to the logits, broadcastable to [B,N,T,S].
+      mask: broadcastable to [B,N,T,S]; nonzero (True) attends. n is counted under it.
+      is_causal: adds the causal mask.
+      dropout_rate: must be 0 unless deterministic (dropout is not supported).
+      deterministic: see dropout_rate.
+      dropout_rng: ignored.
+      broadcast_dropout: ignored.
+      dtype: cast query, key and value to this dtype first.
+      precision: ignored.
+      module: ignored.
+      **unused_kwargs: ignored.
+
+    Returns:
+      [B,T,N,H].
+    """
     del dropout_rng, broadcast_dropout, precision, module, unused_kwargs
     _check_no_dropout(dropout_rate, deterministic)
     if dtype is not None:
@@ -229,15 +360,34 @@ class SSMaxAttentionFn(nnx.Module):
                                      implementation=self.implementation, **c_kwargs)
 
 
-def make_linen_attention_fn(variant="ssmax", *, l_train=1024, s_init=None, b_init=0.0,
-                            fixed_s=1.0, floor_scale=8192.0, attn_scale=0.1,
-                            implementation=None):
+def make_linen_attention_fn(variant: str = "ssmax", *, l_train: int = 1024,
+                            s_init: float | None = None, b_init: float = 0.0,
+                            fixed_s: float = 1.0, floor_scale: float = 8192.0,
+                            attn_scale: float = 0.1,
+                            implementation: str | None = None) -> Callable[..., jax.Array]:
   """An `attention_fn` for flax.linen.MultiHeadDotProductAttention.
 
   Learned variants (ssmax, ssmax_bias) create their s (and b) as parameters 'ssmax_s' and
   'ssmax_b' of the attention module, which linen hands to attention_fn only when the module
   is called with sow_weights=True (`mha.init(key, x, sow_weights=True)` and in every apply);
-  other variants need nothing.
+  other variants need nothing. Dropout is not supported.
+
+  Args:
+    variant: a name in `ssmax_jax.VARIANTS`.
+    l_train: the training length: the default s_init and qwen_logn's L_train.
+    s_init: the initial s; None is `ssmax_jax.default_s_init(l_train)`.
+    b_init: the initial b (ssmax_bias).
+    fixed_s: ssmax_fixed's constant s.
+    floor_scale: llama4_temperature's floor scale.
+    attn_scale: llama4_temperature's attention scale.
+    implementation: the attention backend; None picks one per platform.
+
+  Returns:
+    `attention_fn(query [B,T,N,H], key [B,S,K,H], value [B,S,K,H], bias=None, mask=None,
+    ..., module=None) -> [B,T,N,H]`, with linen's arguments.
+
+  Raises:
+    ValueError: for an unknown variant.
   """
   ops.check_variant(variant)
 

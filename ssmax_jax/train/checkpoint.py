@@ -18,6 +18,7 @@ import warnings
 
 import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -124,17 +125,28 @@ def abstract_model(cfg):
 
 
 def load_model(workdir: str, step: int | None = None, *, overrides: dict | None = None,
-               mesh=None):
+               mesh: jax.sharding.Mesh | None = None
+               ) -> tuple[Transformer, ml_collections.ConfigDict]:
   """Restores a trained Transformer from `workdir` with its saved config.
 
-  step: a checkpoint step; None takes the latest one that restores (a corrupt one is skipped
-  with a warning). overrides: TransformerConfig fields to change, e.g. {'rope_theta': 5e5,
-  'implementation': 'xla'}; 'attention' switches the variant after loading (set_variant), so
-  a softmax checkpoint can be evaluated as qwen_logn, or as SSMax with s = 1/mean(log n).
-  mesh: shard the parameters over this mesh by their logical names (default: one device).
-  Returns (model, config): config is the run's ml_collections config with config.model updated
-  to the returned model (its attention variant in effect and the overrides) and
-  config.restored_step the step restored.
+  Args:
+    workdir: a training workdir (the `workdir` of `train`).
+    step: a checkpoint step; None takes the latest one that restores (a corrupt one is
+      skipped with a warning).
+    overrides: TransformerConfig fields to change, e.g. {'rope_theta': 5e5,
+      'implementation': 'xla'}; 'attention' switches the variant after loading
+      (`Transformer.set_variant`), so a softmax checkpoint can be evaluated as qwen_logn, or
+      as SSMax with s = 1/mean(log n).
+    mesh: shard the parameters over this mesh by their logical names (default: one device).
+
+  Returns:
+    (model, config): config is the run's ml_collections config with config.model updated to
+    the returned model (its attention variant in effect and the overrides) and
+    config.restored_step the step restored.
+
+  Raises:
+    ValueError: if workdir is not a training workdir, an override is not a model field, or
+      no checkpoint (or not `step`) can be restored.
   """
   config = read_config(workdir)
   ckpt = Checkpointer(workdir, read_only=True)

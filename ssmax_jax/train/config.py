@@ -31,7 +31,15 @@ def _model_defaults() -> ml_collections.ConfigDict:
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The schema with defaults: the paper's model, small data and step counts."""
+  """The schema with defaults: the paper's model, small data and step counts.
+
+  Every config file (configs/*.py) starts from it and changes values; the groups are seed,
+  distributed, xla_flags, model (the `TransformerConfig` fields), data, train, optimizer,
+  checkpoint, mesh, init, switch and sample, each key commented where it is set.
+
+  Returns:
+    A new ml_collections.ConfigDict (`validate` checks a changed one).
+  """
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.distributed = False  # True: jax.distributed.initialize() (one process per host)
@@ -113,10 +121,21 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def apply_xla_flags(config) -> str:
-  """Appends config.xla_flags to the XLA_FLAGS environment variable (flags the user set there
-  come first and win); returns the result. XLA reads the variable once, when JAX starts its
-  backends: a ValueError if that has happened and the flags are not already in effect."""
+def apply_xla_flags(config: ml_collections.ConfigDict) -> str:
+  """Appends config.xla_flags to the XLA_FLAGS environment variable.
+
+  Flags the user set there come first and win. XLA reads the variable once, when JAX starts
+  its backends, so call this before any JAX computation.
+
+  Args:
+    config: a training config (`default_config`).
+
+  Returns:
+    The new value of XLA_FLAGS.
+
+  Raises:
+    ValueError: if JAX's backends have started and the flags are not already in effect.
+  """
   flags = config.get("xla_flags", "").split()
   current = os.environ.get("XLA_FLAGS", "").split()
   names = {f.split("=")[0] for f in current}
@@ -141,8 +160,12 @@ def _check_keys(config, schema, prefix=""):
       _check_keys(config[key], schema[key], name + ".")
 
 
-def model_config(config) -> TransformerConfig:
-  """The TransformerConfig of `config.model` (raises ValueError on a bad architecture)."""
+def model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
+  """The TransformerConfig of `config.model` (l_train None is train.seq_len).
+
+  Raises:
+    ValueError: on a bad architecture.
+  """
   kw = dict(config.model)
   kw["l_train"] = kw.get("l_train") or config.train.seq_len
   try:
@@ -158,10 +181,19 @@ def _positive(config, *names):
       raise ValueError(f"config.{name}={config[group][key]} must be >= 1.")
 
 
-def validate(config) -> TransformerConfig:
-  """Checks `config` against the schema and itself; returns the model config.
+def validate(config: ml_collections.ConfigDict) -> TransformerConfig:
+  """Checks `config` against the schema and itself, before any compute.
 
   Checks needing devices or data (mesh sizes, batch split, token ids) are in the trainer.
+
+  Args:
+    config: a training config (`default_config` with changes).
+
+  Returns:
+    The model's TransformerConfig.
+
+  Raises:
+    ValueError: naming the first bad key (unknown, out of range, inconsistent) and the fix.
   """
   _check_keys(config, default_config())
   cfg = model_config(config)

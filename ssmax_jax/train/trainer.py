@@ -6,6 +6,7 @@ import signal
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -218,11 +219,24 @@ def _print_sample(model, config):
   print("sample:\n" + tokenizer.decode(np.asarray(tokens[0])), flush=True)
 
 
-def train(config, workdir: str) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns {'step', 'loss', 'stopped'}.
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains the run in `workdir`, or resumes it from its latest checkpoint.
 
-  Raises ValueError on a bad config or data before any training, NonFiniteLossError when the
-  loss or gradient norm becomes NaN/Inf (the last good checkpoint stays the latest).
+  Writes config.json, checkpoints and metrics (metrics.jsonl, TensorBoard) into workdir
+  (the layout is in ssmax_jax/train/checkpoint.py). Stops after config.train.num_steps, at
+  config.train.max_minutes or on SIGTERM, saving a checkpoint each time.
+
+  Args:
+    config: a training config (`default_config` with changes).
+    workdir: the run's directory, created if needed.
+
+  Returns:
+    {'step': the last step, 'loss': its loss, 'stopped': True if stopped before num_steps}.
+
+  Raises:
+    ValueError: on a bad config or data, before any training.
+    NonFiniteLossError: when the loss or gradient norm becomes NaN/Inf (the last good
+      checkpoint stays the latest).
   """
   cfg = config_lib.validate(config)
   if config.distributed:

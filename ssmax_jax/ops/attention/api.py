@@ -12,12 +12,15 @@ import collections.abc
 import importlib
 import math
 
+import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from ssmax_jax.ops import _dispatch
 from ssmax_jax.ops.attention import masks, variants
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
+"""The backend names `dot_product_attention(implementation=...)` takes (None or 'auto' too)."""
 _MODULES = {"xla": "reference", "cudnn": "cudnn", "mosaic_gpu": "mosaic_gpu",
             "triton": "triton", "mosaic_tpu": "mosaic_tpu"}
 # The kernels named 'pallas' on each platform, best first (CPU: Triton in interpret mode).
@@ -106,23 +109,53 @@ def _run(name, q, k, v, c, spec, *, scale, bias, n, default_positions):
                                  window=spec.window, interpret=_dispatch.platform() == "cpu")
 
 
-def dot_product_attention(query, key, value, bias=None, mask=None, *, s=None, b=None,
-                          logit_multiplier=None, scale=None, is_causal=False, segment_ids=None,
-                          query_positions=None, local_window_size=None, query_seq_lengths=None,
-                          key_value_seq_lengths=None, implementation=None):
+def dot_product_attention(
+    query: jax.Array, key: jax.Array, value: jax.Array, bias: ArrayLike | None = None,
+    mask: ArrayLike | None = None, *, s: ArrayLike | None = None, b: ArrayLike | None = None,
+    logit_multiplier: ArrayLike | None = None, scale: float | None = None,
+    is_causal: bool = False,
+    segment_ids: ArrayLike | tuple[ArrayLike, ArrayLike] | None = None,
+    query_positions: ArrayLike | None = None,
+    local_window_size: int | tuple[int, int] | None = None,
+    query_seq_lengths: ArrayLike | None = None, key_value_seq_lengths: ArrayLike | None = None,
+    implementation: str | None = None) -> jax.Array:
   """Scaled dot-product attention whose logits for query i are multiplied by c_i.
 
-  query [B,T,N,H], key/value [B,S,K,H] (GQA when N % K == 0). c comes from one of:
-  s (and b): c = s*log(n) (+ b), n = keys query i attends after every mask (SSMax);
-  logit_multiplier: c given directly as float32 [B,T,N] (any variant, see `logit_multiplier`);
-  none of them: c = 1, plain softmax, equal to jax.nn.dot_product_attention except that a
-  query attending no key returns zeros. Masks (all combined): is_causal with query_positions
-  ([B,T] or [T], default arange(T)), segment_ids ([B,T], or a ([B,T], [B,S]) pair),
-  local_window_size ((left, right) or int), key_value_seq_lengths [B], dense boolean `mask`
-  broadcastable to [B,N,T,S]. bias is added to the logits after c and does not change n.
-  query_seq_lengths [B] zeroes the rows past each length. implementation: None (or 'auto': the
-  fastest for the platform and arguments), 'xla', 'cudnn' or 'pallas'. Returns [B,T,N,H] in
-  query's dtype.
+  A drop-in for `jax.nn.dot_product_attention`. The logit of query i and key j is
+  c_i * scale * <q_i, k_j> (+ bias), softmaxed over the keys query i attends. c comes from
+  one of: `s` (and `b`): c = s*log(n) (+ b), with n the number of keys query i attends after
+  every mask (SSMax); `logit_multiplier`: c given directly (any variant, see
+  `logit_multiplier`); none of them: c = 1, plain softmax, equal to
+  `jax.nn.dot_product_attention` except that a query attending no key returns zeros.
+  All masks combine (a key is attended only if every one allows it).
+
+  Args:
+    query: [B,T,N,H] queries.
+    key: [B,S,K,H] keys; N % K == 0 (GQA: query head h reads kv head h // (N // K)).
+    value: [B,S,K,H] values, the shape of `key`.
+    bias: added to the logits after c, broadcastable to [B,N,T,S]; does not change n.
+    mask: boolean, broadcastable to [B,N,T,S]; True attends.
+    s: SSMax's scale, a scalar or [N] (one per query head).
+    b: the bias of c = s*log(n) + b (the paper's variant (d)), a scalar or [N]; needs `s`.
+    logit_multiplier: c as float32 [B,T,N] (or [B,T,1]); exclusive with `s` and `b`.
+    scale: multiplies the logits; None is 1/sqrt(H).
+    is_causal: query i attends keys at positions <= its query position.
+    segment_ids: [B,T] ids (self-attention, S == T), or a ([B,T], [B,S]) pair of query and
+      key ids; a query attends only keys with its id (packed documents).
+    query_positions: [B,T] or [T] int positions of the queries for `is_causal` and
+      `local_window_size` (default 0..T-1; keys are at 0..S-1), e.g. for KV-cache decoding.
+    local_window_size: (left, right), or an int for both: query at position p attends keys
+      in [p - left, p + right].
+    query_seq_lengths: [B] ints; rows at or past each length are returned as zeros.
+    key_value_seq_lengths: [B] ints; keys at or past each length are not attended (padding).
+    implementation: None (or 'auto'): the fastest backend for the platform and arguments;
+      'xla', 'cudnn' or 'pallas' insist on that backend (ValueError if it cannot take the call).
+
+  Returns:
+    [B,T,N,H] in query's dtype.
+
+  Raises:
+    ValueError: on any inconsistent shape, dtype or argument, before any compute.
   """
   _check_qkv(query, key, value)
   B, T, N, H = query.shape
@@ -154,12 +187,30 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, s=None, b=
   return out
 
 
-def attention_counts(query, key, mask=None, *, is_causal=False, segment_ids=None,
-                     query_positions=None, local_window_size=None, key_value_seq_lengths=None):
-  """n, the number of keys each query attends: int32 [B,T] ([B,T,N] if `mask` varies by head).
+def attention_counts(
+    query: jax.Array | jax.ShapeDtypeStruct, key: jax.Array | jax.ShapeDtypeStruct,
+    mask: ArrayLike | None = None, *, is_causal: bool = False,
+    segment_ids: ArrayLike | tuple[ArrayLike, ArrayLike] | None = None,
+    query_positions: ArrayLike | None = None,
+    local_window_size: int | tuple[int, int] | None = None,
+    key_value_seq_lengths: ArrayLike | None = None) -> jax.Array:
+  """n, the number of keys each query attends under the given masks.
 
-  query [B,T,...] and key [B,S,...] give the shapes (arrays or jax.ShapeDtypeStruct); the
-  masking arguments are those of `dot_product_attention`.
+  Only the shapes of `query` and `key` are read. Use n with `logit_multiplier` to compute c
+  for any variant.
+
+  Args:
+    query: [B,T,...] (usually [B,T,N,H]); an array or a jax.ShapeDtypeStruct.
+    key: [B,S,...]; an array or a jax.ShapeDtypeStruct.
+    mask: as in `dot_product_attention`.
+    is_causal: as in `dot_product_attention`.
+    segment_ids: as in `dot_product_attention`.
+    query_positions: as in `dot_product_attention`.
+    local_window_size: as in `dot_product_attention`.
+    key_value_seq_lengths: as in `dot_product_attention`.
+
+  Returns:
+    int32 [B,T], or [B,T,N] if `mask` varies by head.
   """
   for name, x in (("query", query), ("key", key)):
     if len(jnp.shape(x)) < 2:

@@ -11,12 +11,15 @@ Every variant multiplies the logits of query i by c_i (docs/variants.md has the 
 """
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 VARIANTS = ("softmax", "ssmax", "ssmax_bias", "ssmax_fixed", "qwen_logn", "llama4_temperature")
-# Variants whose multiplier has parameters trained with the model.
+"""Every variant name `logit_multiplier` and the modules' `variant=` take (docs/variants.md)."""
 LEARNED_VARIANTS = ("ssmax", "ssmax_bias")
+"""The variants whose multiplier has parameters trained with the model (s, and b)."""
 
 
 def check_variant(variant: str) -> None:
@@ -25,7 +28,16 @@ def check_variant(variant: str) -> None:
 
 
 def default_s_init(l_train: int) -> float:
-  """1 / mean(log n for n = 1..l_train): keeps the mean multiplier at 1 over the training length."""
+  """The default initial s: 1 / mean(log n for n = 1..l_train).
+
+  With it, c = s*log(n) averages 1 over the training length, so SSMax starts close to softmax.
+
+  Args:
+    l_train: the training length, >= 2.
+
+  Returns:
+    s as a Python float (about 0.168 for l_train=1024).
+  """
   if int(l_train) < 2:
     raise ValueError(f"l_train={l_train} must be >= 2 for a default s (log 1 = 0).")
   return float(1.0 / np.mean(np.log(np.arange(1, int(l_train) + 1, dtype=np.float64))))
@@ -42,13 +54,31 @@ def _per_head(name, x, num_heads):
   return x
 
 
-def logit_multiplier(variant, n, *, s=None, b=None, l_train=None, floor_scale=8192.0,
-                     attn_scale=0.1, num_heads=None):
-  """The multiplier c of `variant` as float32 [B,T,N] (or [B,T,1] if N cannot be known).
+def logit_multiplier(variant: str, n: ArrayLike, *, s: ArrayLike | None = None,
+                     b: ArrayLike | None = None, l_train: int | None = None,
+                     floor_scale: float = 8192.0, attn_scale: float = 0.1,
+                     num_heads: int | None = None) -> jax.Array:
+  """The multiplier c of `variant` for the given attended-key counts n.
 
-  n: int [B,T] (or [B,T,N]) attended-key counts, e.g. from `attention_counts`; n < 1 is clamped
-  to 1. s, b: scalars or [N] arrays (ssmax, ssmax_bias; s alone for ssmax_fixed, default 1).
-  l_train: training length for qwen_logn. num_heads: N, when neither s nor n carries it.
+  Pass the result as `dot_product_attention(..., logit_multiplier=c)`. The formulas are in
+  this module's docstring and docs/variants.md.
+
+  Args:
+    variant: a name in `VARIANTS`.
+    n: int [B,T] (or [B,T,N]) counts of attended keys, e.g. from `attention_counts`; n < 1
+      is clamped to 1.
+    s: a scalar or [N]: needed by ssmax and ssmax_bias; ssmax_fixed's constant (default 1).
+    b: a scalar or [N]: ssmax_bias only.
+    l_train: the training length, >= 2: qwen_logn only.
+    floor_scale: llama4_temperature's floor scale.
+    attn_scale: llama4_temperature's attention scale.
+    num_heads: N, to broadcast c to [B,T,N] when neither s nor n carries it.
+
+  Returns:
+    float32 [B,T,N] (or [B,T,1] if N cannot be known).
+
+  Raises:
+    ValueError: for an unknown variant or a missing or unused argument.
   """
   check_variant(variant)
   n = jnp.asarray(n)
