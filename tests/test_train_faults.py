@@ -18,7 +18,7 @@ from ssmax_jax.train import Checkpointer, NonFiniteLossError, load_model, read_m
 from ssmax_jax.train import config as config_lib
 from ssmax_jax.train import trainer as trainer_lib
 from ssmax_jax.train import workdir as workdir_lib
-from ssmax_jax.train.checkpoint import DamagedCheckpointError
+from ssmax_jax.train.checkpoint import DamagedCheckpointError, array_digests, verify_digests
 from ssmax_jax.train.optim import make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,6 +179,18 @@ def test_second_trainer_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
 
 
 # 3. Checkpoint integrity.
+
+def test_array_digests_cover_bf16_int_and_rng_key_leaves():
+  import jax
+  import jax.numpy as jnp
+  tree = {"w": jnp.ones((3, 4), jnp.bfloat16), "n": jnp.int32(3), "key": jax.random.key(0)}
+  digests = array_digests(tree)
+  assert {k: d.split(":")[0] for k, d in digests.items()} == {
+      "['key']": "uint32", "['n']": "int32", "['w']": "bfloat16"}
+  verify_digests(tree, digests, "same")
+  with pytest.raises(DamagedCheckpointError, match=r"other: 1 arrays .*\['w'\]"):
+    verify_digests(dict(tree, w=tree["w"].at[0, 0].set(2)), digests, "other")
+
 
 def test_damaged_checkpoint_falls_back_to_the_previous_one(run):
   _damage_params(run, 4)

@@ -53,10 +53,21 @@ def array_digests(tree) -> dict[str, str] | None:
   """
   if jax.process_count() > 1:
     return None
-  paths, leaves = zip(*jax.tree_util.tree_flatten_with_path(tree)[0]) or ((), ())
-  values = jax.device_get(list(leaves))
-  return {jax.tree_util.keystr(p): f"{v.dtype}:{zlib.crc32(np.ascontiguousarray(v).reshape(-1).view(np.uint8)):08x}"
-          for p, v in zip(paths, values)}
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  values = jax.device_get([_raw(leaf) for _, leaf in flat])
+  return {jax.tree_util.keystr(path): f"{value.dtype}:{_crc32(value):08x}"
+          for (path, _), value in zip(flat, values)}
+
+
+def _raw(leaf):
+  """RNG keys as their integer data (numpy cannot hold typed keys)."""
+  if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+    return jax.random.key_data(leaf)
+  return leaf
+
+
+def _crc32(value) -> int:
+  return zlib.crc32(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
 
 
 def verify_digests(tree, saved: dict | None, where: str):
