@@ -1,12 +1,13 @@
 """Orbax checkpoints of a run, and `load_model` to restore any of them for evaluation.
 
 Layout of a workdir:
-  config.json                      the full training config (ml_collections, JSON)
+  config.json, configs/            the training config of each start (workdir.py)
   checkpoints/<step>/params        model parameters (nnx.State of nnx.Param, orbax PyTree)
   checkpoints/<step>/opt_state     optimizer state (nnx.State: step count, Adam moments)
-  checkpoints/<step>/meta          JSON: step, attention variant in effect, seed
+  checkpoints/<step>/meta          JSON: step, attention variant in effect, seed, and a
+                                   checksum of each saved array (verified on restore)
   checkpoints/<step>/data          the data iterator's state (grain, one file per process)
-  corrupt_checkpoints/<step>       checkpoints that failed to restore, moved aside
+  corrupt_checkpoints/<step>       checkpoints that failed to restore or to verify, moved aside
   metrics.jsonl, tensorboard/      training metrics
 """
 import dataclasses
@@ -15,18 +16,21 @@ import os
 import shutil
 import time
 import warnings
+import zlib
 
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
 from ssmax_jax.models.transformer import Transformer
 from ssmax_jax.train import config as config_lib
 from ssmax_jax.train import mesh as mesh_lib
+from ssmax_jax.train import workdir as workdir_lib
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = workdir_lib.CONFIG_FILE
 
 
 def _abstract_target(abstract_state, shardings):
@@ -36,6 +40,48 @@ def _abstract_target(abstract_state, shardings):
 
 class ConfigMismatchError(ValueError):
   """A checkpoint that is intact but does not fit the config: an error, never skipped."""
+
+
+class DamagedCheckpointError(ValueError):
+  """A checkpoint whose restored arrays differ from the checksums saved with it."""
+
+
+def array_digests(tree) -> dict[str, str] | None:
+  """'dtype:crc32' of each array of `tree` by its key path, from host copies of the values.
+
+  orbax and tensorstore checksum only the zarr shard index, not the array bytes: a flipped
+  byte restores silently. None with several processes (no process holds whole arrays).
+  """
+  if jax.process_count() > 1:
+    return None
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  values = jax.device_get([_raw(leaf) for _, leaf in flat])
+  return {jax.tree_util.keystr(path): f"{value.dtype}:{_crc32(value):08x}"
+          for (path, _), value in zip(flat, values)}
+
+
+def _raw(leaf):
+  """RNG keys as their integer data (numpy cannot hold typed keys)."""
+  if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+    return jax.random.key_data(leaf)
+  return leaf
+
+
+def _crc32(value) -> int:
+  return zlib.crc32(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
+
+
+def verify_digests(tree, saved: dict | None, where: str):
+  """Raises DamagedCheckpointError naming the arrays of `tree` whose checksum differs from
+  `saved` (arrays restored to another dtype, by an override, are not compared)."""
+  if not saved:
+    return  # a checkpoint of an older version, or of several processes
+  bad = [path for path, digest in (array_digests(tree) or {}).items()
+         if path in saved and digest.split(":")[0] == saved[path].split(":")[0]
+         and digest != saved[path]]
+  if bad:
+    raise DamagedCheckpointError(f"{where}: {len(bad)} arrays differ from their saved checksums "
+                                 f"(e.g. {bad[:3]}): its files are damaged")
 
 
 class Checkpointer:
@@ -57,6 +103,8 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, params, opt_state, meta: dict, data_iter=None):
+    meta = dict(meta, digests={"params": array_digests(params),
+                               "opt_state": array_digests(opt_state)})
     items = dict(params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
                  meta=ocp.args.JsonSave(meta))
     if data_iter is not None:
@@ -82,42 +130,57 @@ class Checkpointer:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     return self.manager.restore(step, args=ocp.args.Composite(**items))
 
-  def restore_latest(self, restore_fn, *, move_aside: bool = True):
+  def restore_latest(self, restore_fn, *, move_aside: bool = True,
+                     restart_if_unreadable: bool = False, fix: str = ""):
     """Calls restore_fn(step) from the newest step down until one succeeds; returns
-    (step, result) or (None, None). A checkpoint that fails is reported with a warning and,
-    when move_aside, moved to workdir/corrupt_checkpoints so later saves can reuse its step."""
+    (step, result), or (None, None) when there is no checkpoint. Each one that fails is
+    reported with a warning and, when move_aside, moved to workdir/corrupt_checkpoints (so
+    later saves can reuse its step). When none restores, a ValueError (ending with `fix`)
+    and nothing moved, unless restart_if_unreadable: then all are moved and (None, None)."""
+    failed = []
     for step in reversed(self.steps()):
       try:
-        return step, restore_fn(step)
+        result = restore_fn(step)
       except ConfigMismatchError:
         raise
       except Exception as e:  # orbax raises many types for missing/truncated files
-        if "tree structures do not match" in str(e):  # the config changed, not the files
-          raise ConfigMismatchError(
-              f"checkpoint {self.directory}/{step} does not match this config's model or "
-              "optimizer (e.g. another attention variant, model size or optimizer chain): resume "
-              "with the config saved in config.json, or fine-tune from it with config.init.workdir "
-              f"and a new --workdir. orbax: {str(e)[:500]}") from None
-        message = (f"checkpoint {self.directory}/{step} cannot be restored "
-                   f"({type(e).__name__}: {str(e)[:300]}); skipping it")
-        if move_aside and jax.process_index() == 0:
-          aside = os.path.join(self.workdir, "corrupt_checkpoints", f"{step}-{int(time.time())}")
-          os.makedirs(os.path.dirname(aside), exist_ok=True)
-          shutil.move(os.path.join(self.directory, str(step)), aside)
-          message += f" (moved to {aside})"
-        warnings.warn(message + ".", stacklevel=2)
-        logging.warning(message)
-        if move_aside:
-          self.manager.reload()
+        _raise_if_config_changed(e, f"{self.directory}/{step}")
+        failed.append((step, f"{type(e).__name__}: {str(e)[:300]}"))
+        continue
+      self._set_aside(failed, move_aside)
+      return step, result
+    if failed and not restart_if_unreadable:
+      listed = "; ".join(f"{step}: {error}" for step, error in failed)
+      raise ValueError(f"no checkpoint in {self.directory} can be restored ({listed}); "
+                       "nothing was moved." + (f" {fix}" if fix else ""))
+    self._set_aside(failed, move_aside)
     return None, None
 
+  def _set_aside(self, failed, move_aside: bool):
+    """Warns of each failed checkpoint and, when move_aside, moves it to corrupt_checkpoints."""
+    for step, error in failed:
+      message = f"checkpoint {self.directory}/{step} cannot be restored ({error}); skipping it"
+      if move_aside and jax.process_index() == 0:
+        aside = os.path.join(self.workdir, "corrupt_checkpoints", f"{step}-{int(time.time())}")
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.move(os.path.join(self.directory, str(step)), aside)
+        message += f" (moved to {aside})"
+      warnings.warn(message + ".", stacklevel=3)
+      logging.warning(message)
+    if failed and move_aside:
+      self.manager.reload()
 
-def read_config(workdir: str):
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise ValueError(f"{path} does not exist: {workdir} is not a training workdir.")
-  with open(path) as f:
-    return config_lib.from_json(f.read())
+
+def _raise_if_config_changed(error: Exception, where: str):
+  if "tree structures do not match" in str(error):  # the config changed, not the files
+    raise ConfigMismatchError(
+        f"checkpoint {where} does not match this config's model or optimizer (e.g. another "
+        "attention variant, model size or optimizer chain): resume with the config saved in "
+        "config.json, or fine-tune from it with config.init.workdir and a new --workdir. "
+        f"orbax: {str(error)[:500]}") from None
+
+
+read_config = workdir_lib.read_config
 
 
 def abstract_model(cfg):
@@ -148,19 +211,20 @@ def load_model(workdir: str, step: int | None = None, *, overrides: dict | None 
     ValueError: if workdir is not a training workdir, an override is not a model field, or
       no checkpoint (or not `step`) can be restored.
   """
-  config = read_config(workdir)
   ckpt = Checkpointer(workdir, read_only=True)
   overrides = dict(overrides or {})
-  unknown = set(overrides) - set(config.model.keys())
+  fields = config_lib.default_config().model.keys()
+  unknown = set(overrides) - set(fields)
   if unknown:
     raise ValueError(f"overrides {sorted(unknown)} are not model config fields; choose from "
-                     f"{sorted(config.model.keys())}.")
+                     f"{sorted(fields)}.")
   new_attention = overrides.pop("attention", None)
-  base_cfg = config_lib.model_config(config)
 
   def restore(step):
+    config = read_config(workdir, step)  # the config of the start that trained this step
     meta = ckpt.restore_meta(step)
-    cfg = dataclasses.replace(base_cfg, attention=meta["attention"], **overrides)
+    cfg = dataclasses.replace(config_lib.model_config(config), attention=meta["attention"],
+                              **overrides)
     graphdef, abstract = nnx.split(abstract_model(cfg))
     if mesh is None:
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -168,16 +232,22 @@ def load_model(workdir: str, step: int | None = None, *, overrides: dict | None 
     else:
       shardings = mesh_lib.state_shardings(abstract, mesh)
     params = ckpt.restore(step, params=(abstract, shardings))["params"]
-    return nnx.merge(graphdef, params)
+    verify_digests(params, meta.get("digests", {}).get("params"),
+                   f"checkpoint {ckpt.directory}/{step}")
+    return nnx.merge(graphdef, params), config
 
   if step is None:
-    step, model = ckpt.restore_latest(restore, move_aside=False)
-    if model is None:
-      raise ValueError(f"no checkpoint in {ckpt.directory} can be restored.")
+    step, restored = ckpt.restore_latest(restore, move_aside=False)
+    if restored is None:
+      raise ValueError(f"{ckpt.directory} holds no checkpoint yet.")
+    model, config = restored
   else:
     if step not in ckpt.steps():
       raise ValueError(f"step {step} is not among the checkpoints of {workdir}: {ckpt.steps()}.")
-    model = restore(step)
+    try:
+      model, config = restore(step)
+    except DamagedCheckpointError as e:
+      raise DamagedCheckpointError(f"{e}; evaluate another step ({ckpt.steps()}).") from None
   ckpt.close()
   if new_attention is not None and new_attention != model.config.attention:
     model.set_variant(new_attention, s_init=config.model.s_init)

@@ -6,6 +6,7 @@ schema is an error. `validate` raises a ValueError naming the key and the fix be
 import dataclasses
 import json
 import os
+import warnings
 
 import ml_collections
 from jax._src import xla_bridge  # backends_are_initialized: no public equivalent
@@ -101,6 +102,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 3
   c.checkpoint.async_save = True
+  # When no checkpoint of the workdir can be restored (damaged files, another filesystem's
+  # copy), training stops with an error; True moves them all to corrupt_checkpoints/ and starts
+  # again from step 0.
+  c.checkpoint.restart_if_unreadable = False
 
   # Fine-tuning and variant (e): start from the parameters of another run's checkpoint (its
   # optimizer state is not used). A softmax checkpoint with model.attention='ssmax' gets s added.
@@ -119,6 +124,46 @@ def default_config() -> ml_collections.ConfigDict:
   c.sample.num_tokens = 0  # > 0: print a sample of this many tokens after training
   c.sample.temperature = 0.8  # 0: greedy
   return c
+
+
+# Keys a resume may change: they change neither what a checkpoint restores nor the batches and
+# updates that follow it (how steps are laid out, logged, saved or profiled). Every other key
+# must equal the checkpoint's config: a resume with another model, optimizer or data order is a
+# new run (a new --workdir; config.init.workdir to start from these parameters).
+RESUMABLE_KEYS = frozenset({
+    "distributed", "xla_flags", "mesh.shape",
+    "train.num_steps",  # except with a cosine schedule, whose decay it sets (resume_changes)
+    "train.grad_accum_steps", "train.loss_chunk_tokens", "train.loss_implementation",
+    "train.log_every", "train.peak_tflops", "train.progress_bar", "train.profile_at_step",
+    "train.profile_steps", "train.max_minutes",
+    "model.implementation", "model.norm_implementation", "model.remat",
+    "checkpoint.every_steps", "checkpoint.keep", "checkpoint.async_save",
+    "checkpoint.restart_if_unreadable",
+    "init.workdir", "init.step",  # read at step 0 only
+    "sample.prompt", "sample.num_tokens", "sample.temperature",
+})
+# Not resumable although it changes no parameter: grain interleaves its workers' outputs, so
+# the batches after a restore depend on data.worker_count (0 and 2 workers give other batches).
+
+
+def _flat(config, prefix="") -> dict:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = tuple(value) if isinstance(value, list) else value
+  return flat
+
+
+def resume_changes(saved, config) -> list[tuple[str, object, object]]:
+  """(key, saved value, new value) of each key that differs and may not change on resume."""
+  resumable = set(RESUMABLE_KEYS)
+  if "cosine" in (saved.optimizer.schedule, config.optimizer.schedule):
+    resumable.discard("train.num_steps")
+  old, new = _flat(saved), _flat(config)
+  return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+          if k not in resumable and old.get(k) != new.get(k)]
 
 
 def apply_xla_flags(config: ml_collections.ConfigDict) -> str:
@@ -246,10 +291,15 @@ def to_json(config) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True)
 
 
-def from_json(text: str) -> ml_collections.ConfigDict:
-  """A config saved by `to_json`, completed with the schema's defaults for keys it lacks."""
+def from_json(text: str, source: str = "the saved config") -> ml_collections.ConfigDict:
+  """A config saved by `to_json`, completed with the schema's defaults for keys it lacks.
+
+  Keys it lacks, or has that the schema does not (a config of another version), are named in
+  a warning: their defaults or their values are not what the saved run used.
+  """
   config = default_config()
   saved = json.loads(text)
+  schema_keys, saved_keys = set(_flat(config)), set(_flat(saved))
   for group, value in saved.items():
     if isinstance(value, dict) and group in config:
       for key, v in value.items():
@@ -257,4 +307,11 @@ def from_json(text: str) -> ml_collections.ConfigDict:
           config[group][key] = tuple(v) if isinstance(v, list) else v
     elif group in config:
       config[group] = value
+  unknown, missing = sorted(saved_keys - schema_keys), sorted(schema_keys - saved_keys)
+  if unknown or missing:
+    warnings.warn(f"{source} is from another version of the schema: "
+                  + (f"unknown keys {unknown} ignored" if unknown else "")
+                  + ("; " if unknown and missing else "")
+                  + (f"missing keys {missing} take their defaults" if missing else "") + ".",
+                  stacklevel=2)
   return config

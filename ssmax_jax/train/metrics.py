@@ -3,6 +3,7 @@ TensorBoard (tensorboardX); without the bar (train.progress_bar=False), one prin
 step. Only process 0 writes."""
 import json
 import os
+import warnings
 
 import jax
 import numpy as np
@@ -32,7 +33,11 @@ class MetricsWriter:
       with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
     self.file = open(path, "a")
-    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    # A resumed run logs the steps after initial_step again: TensorBoard hides the earlier
+    # events from initial_step + 1 on (a SessionLog START at purge_step).
+    tb_dir = os.path.join(workdir, "tensorboard")
+    purge = initial_step + 1 if os.path.isdir(tb_dir) else None
+    self.tb = SummaryWriter(tb_dir, purge_step=purge)
     if progress_bar:
       self.bar = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step",
                            dynamic_ncols=True)
@@ -84,5 +89,18 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of workdir/metrics.jsonl. A last line that is not whole JSON (a run killed
+  while writing it) is dropped with a warning; a bad line before it is a ValueError."""
+  path = os.path.join(workdir, METRICS_FILE)
+  with open(path) as f:
+    lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+  records = []
+  for n, line in lines:
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if n != lines[-1][0]:
+        raise ValueError(f"{path} line {n} is not JSON ({e}): fix or delete that line.") from None
+      warnings.warn(f"{path}: dropped its last line {n}, which is not complete JSON (a run "
+                    f"stopped while writing it): {line[:80]!r}", stacklevel=2)
+  return records

@@ -16,6 +16,7 @@ from ssmax_jax.train import checkpoint as ckpt_lib
 from ssmax_jax.train import config as config_lib
 from ssmax_jax.train import mesh as mesh_lib
 from ssmax_jax.train import profiling
+from ssmax_jax.train import workdir as workdir_lib
 from ssmax_jax.train.data import make_batches, to_global
 from ssmax_jax.train.metrics import MetricsWriter
 from ssmax_jax.train.optim import make_optimizer, make_schedule
@@ -194,6 +195,9 @@ def _restore(ckpt, step, cfg, tx, mesh, config, batches):
       value = restored[name]
       nnx.replace_by_pure_dict(state[key], nnx.to_pure_dict(value) if isinstance(
           value, nnx.State) else value)
+    for key, name in ((0, "params"), (1, "opt_state")):
+      ckpt_lib.verify_digests(state[key], meta.get("digests", {}).get(name),
+                              f"checkpoint {ckpt.directory}/{step} ({name})")
     return state
 
   return _State.init(dataclasses.replace(cfg, attention=meta["attention"]), tx, mesh, config,
@@ -239,27 +243,61 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       checkpoint stays the latest).
   """
   cfg = config_lib.validate(config)
+  workdir_lib.check_path(workdir)
   if config.distributed:
     jax.distributed.initialize()
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   _check_run(config, cfg, mesh)
   batches = make_batches(config)  # raises on missing, empty or corrupt data
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, ckpt_lib.CONFIG_FILE), "w") as f:
-      f.write(config_lib.to_json(config))
+  lock = workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  try:
+    workdir_lib.check_resume(workdir, config)  # before anything in the workdir changes
+    return _run(config, cfg, mesh, batches, workdir)
+  finally:
+    batches.close()  # stops grain's worker processes, also when the resume is refused
+    if lock is not None:
+      lock.release()
 
+
+_UNREADABLE_FIX = ("Check the filesystem and the files (a copy in progress?), train in a new "
+                   "--workdir, or set config.checkpoint.restart_if_unreadable=True to move them "
+                   "to corrupt_checkpoints/ and start again from step 0.")
+
+
+def _nonfinite_message(bad_step, ckpt, last_saved, restored_step):
+  kept = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
+          if last_saved is not None else "no checkpoint was saved")
+  message = f"loss or gradient norm is NaN/Inf at step {bad_step}; training stopped and {kept}."
+  if restored_step is not None and last_saved == restored_step:  # a rerun would repeat it
+    message += (f" It came after restoring checkpoint {ckpt.directory}/{restored_step} (its "
+                "checksums matched), before the next save: resuming repeats it. Move that step's "
+                "directory to corrupt_checkpoints/ to resume from the one before, or start a new "
+                "--workdir from it with other settings (config.init.workdir).")
+  return message
+
+
+def _run(config, cfg, mesh, batches, workdir) -> dict:
+  """train() past its checks, with the workdir locked."""
   t = config.train
   tx = make_optimizer(config.optimizer, t.num_steps)
   schedule = make_schedule(config.optimizer, t.num_steps)
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
                                async_save=config.checkpoint.async_save)
-  step, st = ckpt.restore_latest(
-      lambda s: _restore(ckpt, s, cfg, tx, mesh, config, batches))
+  try:
+    step, st = ckpt.restore_latest(
+        lambda s: _restore(ckpt, s, cfg, tx, mesh, config, batches),
+        restart_if_unreadable=config.checkpoint.restart_if_unreadable, fix=_UNREADABLE_FIX)
+  except BaseException:
+    ckpt.close()  # orbax's threads, else they outlive the refused run
+    raise
+  restored_step = step
   if st is None:
     step = 0
     st = _from_init_run(cfg, tx, mesh, config) if config.init.workdir else _State.init(
         cfg, tx, mesh, config)
+  if jax.process_index() == 0:
+    workdir_lib.save_start_config(workdir, config, step)
   num_params = count_params(st.objects()[0])
   flops_tok = flops_per_token(cfg, num_params, t.seq_len)
   peak = _peak_flops(config)
@@ -314,10 +352,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         bad = [s for s, m in values if not np.isfinite(m["loss"]) or not np.isfinite(
             m["grad_norm"])]
         if bad:
-          kept = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
-                  if last_saved is not None else "no checkpoint was saved")
-          raise NonFiniteLossError(f"loss or gradient norm is NaN/Inf at step {bad[0]}; "
-                                   f"training stopped and {kept}.")
+          raise NonFiniteLossError(_nonfinite_message(bad[0], ckpt, last_saved, restored_step))
         now = time.perf_counter()
         rate = (step - step_mark) * tokens_per_step / (now - t_mark) if step > step_mark else None
         waiting = input_wait / (now - t_mark) if step > step_mark else None
@@ -349,7 +384,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.wait()
     ckpt.close()
     writer.close()
-    batches.close()  # stops grain's worker processes
   if config.sample.num_tokens > 0 and jax.process_index() == 0:
     _print_sample(st.objects()[0], config)
   return {"step": step, "loss": float(last["loss"]), "stopped": stop["reason"] is not None}
