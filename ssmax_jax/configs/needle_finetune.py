@@ -9,7 +9,7 @@ The architecture keys must match that run (configs/paper_162m.py by default). Wi
 model.attention='ssmax' on a softmax run this is the paper's variant (e): s starts at
 1 / mean(log n, n = 1..1024).
 """
-from configs import paper_162m
+from ssmax_jax.configs import paper_162m
 
 
 def get_config():

@@ -118,7 +118,7 @@ def get_config(preset="h200_small"):
     c.recipe.needle_finetune.lr = 3e-4
     c.recipe.train_minutes = 6.5  # of a 10-minute call: prep, compile and evals take the rest
   else:  # paper_162m
-    from configs import paper_162m
+    from ssmax_jax.configs import paper_162m
     c = paper_162m.get_config()
     c.model.attention = "softmax"
     c.train.update(log_every=20, progress_bar=False)

@@ -1,0 +1,1 @@
+from ssmax_jax.configs.needle_finetune import get_config  # noqa: F401

@@ -1,0 +1,1 @@
+from ssmax_jax.configs.reproduce import PRESETS, get_config  # noqa: F401

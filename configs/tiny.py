@@ -1,0 +1,1 @@
+from ssmax_jax.configs.tiny import get_config  # noqa: F401
