@@ -6,7 +6,7 @@ over random needle prompts (the paper's Fig. 7/8). Writes attention.{json,png,md
 from absl import app
 from absl import flags
 
-from experiments import eval_common as ec
+from ssmax_jax.cli import eval_flags as ec
 from ssmax_jax.evals import runner
 
 MULTIPLE = flags.DEFINE_float("multiple", 8.0, "Context length as a multiple of l_train.")
@@ -18,7 +18,7 @@ BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Prompts per forward.")
 TOP_K = flags.DEFINE_integer("top_k", 10, "Heads shown in the plot and table.")
 
 
-def main(argv):
+def _main(argv):
   del argv
   doc = ec.run(lambda: runner.run_attention(
       ec.MODELS.value, ec.OUT.value, multiple=MULTIPLE.value, length=LENGTH.value,
@@ -32,5 +32,9 @@ def main(argv):
     print(f"{entry['label']:24s} top heads: {top}")
 
 
+def main():
+  app.run(_main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  main()

@@ -5,11 +5,11 @@ learned_s.md in --out.
 """
 from absl import app
 
-from experiments import eval_common as ec
+from ssmax_jax.cli import eval_flags as ec
 from ssmax_jax.evals import runner
 
 
-def main(argv):
+def _main(argv):
   del argv
   doc = ec.run(lambda: runner.run_learned_s(ec.MODELS.value, ec.OUT.value))
   for entry in doc["results"]:
@@ -19,5 +19,9 @@ def main(argv):
     print(f"{entry['label']:24s} ({entry['result']['variant']}) mean s per layer: {line}")
 
 
+def main():
+  app.run(_main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  main()

@@ -6,7 +6,7 @@
 from absl import app
 from absl import flags
 
-from experiments import eval_common as ec
+from ssmax_jax.cli import eval_flags as ec
 from ssmax_jax.evals import runner
 
 MULTIPLES = flags.DEFINE_list("multiples", ["1", "2", "5", "10", "20"],
@@ -22,7 +22,7 @@ DOCUMENTS_ONLY = flags.DEFINE_bool(
     "into the document); default: evenly spaced windows of the stream, across documents.")
 
 
-def main(argv):
+def _main(argv):
   del argv
   doc = ec.run(lambda: runner.run_loss_by_position(
       ec.MODELS.value, ec.OUT.value, multiples=ec.floats(MULTIPLES.value),
@@ -37,5 +37,9 @@ def main(argv):
             f"loss={c['mean_loss']:.4f}")
 
 
+def main():
+  app.run(_main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  main()

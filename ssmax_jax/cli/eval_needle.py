@@ -6,7 +6,7 @@ context length x depth. Writes needle.json, needle_<label>_theta<scale>.png, nee
 from absl import app
 from absl import flags
 
-from experiments import eval_common as ec
+from ssmax_jax.cli import eval_flags as ec
 from ssmax_jax.evals import runner
 
 MULTIPLES = flags.DEFINE_list("multiples", ["1", "2", "5", "10", "20"],
@@ -23,7 +23,7 @@ METHOD = flags.DEFINE_enum("method", "generate", ["generate", "teacher_forcing"]
                            "forward, argmax at each answer token (the same exact match).")
 
 
-def main(argv):
+def _main(argv):
   del argv
   doc = ec.run(lambda: runner.run_needle(
       ec.MODELS.value, ec.OUT.value, multiples=ec.floats(MULTIPLES.value),
@@ -39,5 +39,9 @@ def main(argv):
       print(f"{entry['label']:24s} theta={g['rope_theta']:<9g} {means}")
 
 
+def main():
+  app.run(_main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  main()

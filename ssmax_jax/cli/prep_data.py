@@ -22,7 +22,7 @@ _WORKERS = flags.DEFINE_integer('workers', os.cpu_count() or 1, 'Tokenising proc
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the train/validation file split.')
 
 
-def main(argv):
+def _main(argv):
   del argv
   index = sources.prepare_text_files(_GLOB.value, _TOKENIZER.value, _OUT.value,
                                      val_fraction=_VAL_FRACTION.value, num_workers=_WORKERS.value,
@@ -32,5 +32,9 @@ def main(argv):
           f"({index['dtype']}) -> {os.path.join(_OUT.value, entry['file'])}")
 
 
-if __name__ == '__main__':
-  app.run(main)
+def main():
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  main()

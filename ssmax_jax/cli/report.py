@@ -16,7 +16,7 @@ OUT = flags.DEFINE_string("out", "eval_report.md", "Markdown file to write (docs
 flags.mark_flag_as_required("runs")
 
 
-def main(argv):
+def _main(argv):
   del argv
   try:
     found = report.gather(RUNS.value)
@@ -27,5 +27,9 @@ def main(argv):
   print(f"wrote {OUT.value} from {len(found)} result files")
 
 
+def main():
+  app.run(_main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  main()

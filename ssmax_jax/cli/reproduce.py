@@ -3,8 +3,8 @@
   python -m experiments.reproduce --preset=h200_small --variant=ssmax --out=DIR \
       [--config.recipe.tokens=5e8] [--config.train.batch_size=128] [--config.model.d_model=256]
 
-Presets: configs/reproduce.py (cpu_tiny, h200_small, paper_162m). Variants: softmax (also gives
-softmax_then_ssmax, qwen_logn and llama4_temperature), ssmax, ssmax_fixed, ssmax_bias,
+Presets: ssmax_jax/configs/reproduce.py (cpu_tiny, h200_small, paper_162m). Variants: softmax
+(also gives softmax_then_ssmax, qwen_logn and llama4_temperature), ssmax, ssmax_fixed, ssmax_bias,
 ssmax_final10. DIR receives at most 8 files (summary.json and the evaluation JSON/PNG);
 checkpoints go to --workdir, the prepared corpus to --data_dir. Gather the results with
 experiments.reproduce_report. See docs/reproduce.md.
@@ -18,13 +18,13 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from configs import reproduce as presets
+from ssmax_jax.configs import reproduce as presets
 from ssmax_jax import train as train_lib
 from ssmax_jax.reproduce import variants
 from ssmax_jax.reproduce.run import run
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Set by --preset (configs/reproduce.py:NAME); override keys with "
+    "config", None, "Set by --preset (ssmax_jax/configs/reproduce.py:NAME); override keys with "
     "--config.KEY=VALUE.", lock_config=True)
 _PRESET = flags.DEFINE_string("preset", None, f"One of {', '.join(presets.PRESETS)}.")
 _VARIANT = flags.DEFINE_string("variant", None, f"One of {', '.join(variants.RUNNABLE)}.")
@@ -41,7 +41,7 @@ flags.mark_flags_as_required(["preset", "variant", "out"])
 
 
 def _parse_flags(argv):
-  """--preset=NAME becomes --config=configs/reproduce.py:NAME before the flags are parsed."""
+  """--preset=NAME becomes --config=ssmax_jax/configs/reproduce.py:NAME before flags are parsed."""
   names = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--preset=")]
   if any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
     sys.exit("error: pass --preset=NAME, not --config (override keys with --config.KEY=VALUE).")
@@ -53,11 +53,11 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:  # config_flags' answer to an unknown --config.key
-    sys.exit(f"error: unknown config key ({e}); see configs/reproduce.py and "
+    sys.exit(f"error: unknown config key ({e}); see ssmax_jax/configs/reproduce.py and "
              "ssmax_jax/train/config.py for the keys.")
 
 
-def main(argv):
+def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.ERROR)  # orbax logs every file operation
@@ -85,5 +85,9 @@ def main(argv):
   print(f"wall time (s): {summary['wall_s']}; wrote {', '.join(summary['files'])} to {_OUT.value}")
 
 
+def main():
+  app.run(_main, flags_parser=_parse_flags)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  main()

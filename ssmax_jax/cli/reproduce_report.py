@@ -25,7 +25,7 @@ MIN_SEQ_LEN = flags.DEFINE_integer("min_seq_len", variants.MIN_SEQ_LEN,
                                    "Sequence length below which a variant counts as not run.")
 
 
-def main(argv):
+def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   command = "python -m experiments.reproduce_report " + shlex.join(sys.argv[1:])
@@ -46,5 +46,9 @@ def main(argv):
             for c in verdicts))
 
 
+def main():
+  app.run(_main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  main()

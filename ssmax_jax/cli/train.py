@@ -2,6 +2,7 @@
 
   python -m experiments.train --config=configs/tiny.py --workdir=workdirs/tiny \
       [--config.model.attention=softmax] [--config.train.num_steps=200] ...
+  ssmax-train --config=tiny --workdir=workdirs/tiny  (a shipped config by name, or any path)
 
 Unknown --config.* keys are rejected by the flag parser. Re-running with the same --workdir
 resumes from its latest checkpoint. SIGTERM saves a checkpoint and stops.
@@ -13,15 +14,19 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ssmax_jax import configs
 from ssmax_jax import train as train_lib
+from ssmax_jax.cli import config_arg
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A shipped config's name "
+                                          f"({', '.join(configs.NAMES)}) or a config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _parse_flags(argv):
+  argv = config_arg.resolve(argv)
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:  # config_flags' answer to an unknown --config.key
@@ -31,7 +36,7 @@ def _parse_flags(argv):
              "ssmax_jax/train/config.py for the keys.")
 
 
-def main(argv):
+def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
@@ -45,5 +50,9 @@ def main(argv):
         + (" (stopped by signal)" if result["stopped"] else ""))
 
 
+def main():
+  app.run(_main, flags_parser=_parse_flags)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  main()
