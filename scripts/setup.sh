@@ -36,6 +36,6 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "setup: installing ssmax-jax and pinned dependencies into .venv"
   # The machine-wide pip constraint file (if any) targets Python 3.11; ours is the one that matters.
   PIP_CONSTRAINT="" "$VENV/bin/python" -m pip install -q --upgrade pip
-  PIP_CONSTRAINT="" "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[test]"
+  PIP_CONSTRAINT="" "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[all,test]"
   echo "$WANT" > "$STAMP"
 fi
