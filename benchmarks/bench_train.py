@@ -29,8 +29,8 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from configs import paper_162m
-from configs import reproduce
+from ssmax_jax.configs import paper_162m
+from ssmax_jax.configs import reproduce
 from benchmarks import hlo_analysis
 from benchmarks import trace_analysis
 from benchmarks.timing import mean_ms

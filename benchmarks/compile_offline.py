@@ -81,7 +81,7 @@ def compile_step(config):
 def main(argv):
   del argv
   from benchmarks import hlo_analysis
-  from configs import paper_162m
+  from ssmax_jax.configs import paper_162m
   from ssmax_jax.train import config as config_lib
 
   config = paper_162m.get_config()

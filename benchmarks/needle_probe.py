@@ -20,7 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from configs import reproduce as presets
+from ssmax_jax.configs import reproduce as presets
 from ssmax_jax.evals import runner
 from ssmax_jax.reproduce import claims, corpus, plan, run
 

@@ -1,31 +1,5 @@
-"""Gathers the evaluation results (JSON from experiments.eval_*) under any run directories into
-one markdown page with tables and links to the figures.
-
-  python -m experiments.report --runs=runs/eval,runs/ssmax/eval --out=runs/eval/report.md
-"""
-import sys
-
-from absl import app
-from absl import flags
-
-from ssmax_jax.evals import report
-
-RUNS = flags.DEFINE_list("runs", None, "Directories searched (recursively) for results.")
-OUT = flags.DEFINE_string("out", "eval_report.md", "Markdown file to write (docs/results.md is "
-                          "written by experiments.reproduce_report).")
-flags.mark_flag_as_required("runs")
-
-
-def main(argv):
-  del argv
-  try:
-    found = report.gather(RUNS.value)
-    report.render(found, OUT.value)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  print(f"wrote {OUT.value} from {len(found)} result files")
-
+"""python -m experiments.report: a shim of ssmax_jax.cli.report."""
+from ssmax_jax.cli.report import main
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Creates .venv with Python >= 3.12 (if missing) and installs ssmax-jax with the pinned set.
+# Creates .venv with Python 3.12 or 3.13 (if missing) and installs ssmax-jax with every extra, each
+# package at the version and hashes of requirements/lock-py3.X.txt for the venv's Python.
 # Sourced by the quickstart commands; safe to run again (it only installs what changed).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 
-new_enough() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null; }
+# A Python the lock covers (requirements/lock-py3.12.txt, lock-py3.13.txt).
+pyver() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+new_enough() { local v; v="$(pyver "$1")" && [ -f "$ROOT/requirements/lock-py$v.txt" ]; }
 
 find_python() {
   for cand in python3.13 python3.12 python3; do
@@ -18,8 +21,8 @@ find_python() {
       if [ -x "$p" ] && new_enough "$p"; then echo "$p"; return; fi
     done
   fi
-  echo "error: ssmax-jax needs Python >= 3.12; none found (tried python3.13, python3.12, python3, pyenv versions)." >&2
-  echo "Install Python 3.12+ (e.g. 'pyenv install 3.12') and run again." >&2
+  echo "error: the locked set needs Python 3.12 or 3.13; none found (tried python3.13, python3.12, python3, pyenv versions)." >&2
+  echo "Install one (e.g. 'pyenv install 3.12') and run again." >&2
   exit 1
 }
 
@@ -30,12 +33,15 @@ if [ ! -x "$VENV/bin/python" ] || ! new_enough "$VENV/bin/python"; then
   "$PY" -m venv "$VENV"
 fi
 
+LOCK="$ROOT/requirements/lock-py$(pyver "$VENV/bin/python").txt"
+
 STAMP="$VENV/.ssmax_setup_stamp"
-WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)"
+WANT="$(cat "$ROOT/pyproject.toml" "$LOCK" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "setup: installing ssmax-jax and pinned dependencies into .venv"
-  # The machine-wide pip constraint file (if any) targets Python 3.11; ours is the one that matters.
+  echo "setup: installing the locked dependencies ($(basename "$LOCK")) and ssmax-jax into .venv"
+  # The machine-wide pip constraint file (if any) targets Python 3.11; the lock is what matters.
   PIP_CONSTRAINT="" "$VENV/bin/python" -m pip install -q --upgrade pip
-  PIP_CONSTRAINT="" "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[test]"
+  PIP_CONSTRAINT="" "$VENV/bin/python" -m pip install -q --require-hashes -r "$LOCK"
+  PIP_CONSTRAINT="" "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT[all,test]"
   echo "$WANT" > "$STAMP"
 fi

@@ -186,7 +186,7 @@ def test_model_spec_parsing():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-  from configs import test_tiny
+  from ssmax_jax.configs import test_tiny
   from ssmax_jax.train import train
   workdir = str(tmp_path_factory.mktemp("evals") / "ssmax")
   c = test_tiny.get_config()  # byte-level, l_train = seq_len = 32, Shakespeare

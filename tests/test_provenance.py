@@ -1,4 +1,5 @@
 """The source digest of a run and the commit it is found in (ssmax_jax.reproduce.provenance)."""
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -74,3 +75,14 @@ def test_without_git(tmp_path):
 
 def test_root_is_the_repository():
   assert provenance.ROOT == os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_an_installed_package_inside_another_checkout_has_no_commit(repo):
+  _commit(repo, "first")
+  site = os.path.join(repo, ".venv", "lib", "site-packages")  # a venv inside some checkout
+  _write(site, "ssmax_jax/a.py", "")
+  assert provenance.git_state(site) == (None, None)
+
+
+def test_package_version_names_the_installed_distribution():
+  assert provenance.package_version() == importlib.metadata.version("ssmax-jax")

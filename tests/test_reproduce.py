@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from configs import reproduce as presets
+from ssmax_jax.configs import reproduce as presets
 from ssmax_jax import data
 from ssmax_jax.reproduce import (claims, metrics, page, plan, provenance, seeds, summary,
                                  variants)

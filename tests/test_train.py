@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import test_tiny
+from ssmax_jax.configs import test_tiny
 from ssmax_jax import ops
 from ssmax_jax.models import generate
 from ssmax_jax.train import (Checkpointer, NonFiniteLossError, cross_entropy_sum,
@@ -385,7 +385,7 @@ def test_xla_flags_go_into_the_environment_before_jax_starts():
   flag = "--xla_gpu_enable_triton_gemm=false"
   # A fresh process, where no backend has started: the launcher's case.
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  code = ("import os; from configs import paper_162m; from ssmax_jax.train import apply_xla_flags;"
+  code = ("import os; from ssmax_jax.configs import paper_162m; from ssmax_jax.train import apply_xla_flags;"
           "print(apply_xla_flags(paper_162m.get_config())); print(os.environ['XLA_FLAGS'])")
   env = dict(os.environ, XLA_FLAGS="--xla_dump_to=/tmp/nowhere", PYTHONPATH=root)
   out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
@@ -412,7 +412,7 @@ def test_xla_flags_after_jax_started_pass_if_in_effect_else_error(monkeypatch):
 
 def test_paper_config_computes_the_loss_in_one_chunk_per_micro_batch():
   # The measured setting (configs/paper_162m.py): one chunk of a micro-batch's tokens.
-  from configs import paper_162m
+  from ssmax_jax.configs import paper_162m
   from ssmax_jax.ops.cross_entropy.api import _num_chunks
   t = paper_162m.get_config().train
   micro_batch = t.batch_size // t.grad_accum_steps

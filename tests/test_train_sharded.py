@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import test_tiny
+from ssmax_jax.configs import test_tiny
 from ssmax_jax.train import load_model, read_metrics, train
 
 MESHES = {"data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (1, 1, 8), "mix": (2, 2, 2)}

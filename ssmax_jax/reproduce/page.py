@@ -51,6 +51,9 @@ def _code_line(versions) -> str:
     return (f"commit {commit[:7]} (its ssmax_jax/ and configs/ sources have the run's "
             f"source_sha256 {digest})")
   reported = versions.get("git_commit")
+  if not reported and versions.get("ssmax-jax"):  # e.g. an installed wheel
+    return (f"ssmax-jax {versions['ssmax-jax']} outside a git checkout, source_sha256 "
+            f"{digest or 'not recorded'}")
   return (f"source_sha256 {digest or 'not recorded'}, found in no commit of this checkout's main "
           f"line; the run's checkout reported commit {reported[:7] if reported else 'none'}"
           + (" with uncommitted changes" if versions.get("git_dirty") else ""))

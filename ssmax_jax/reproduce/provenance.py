@@ -4,10 +4,12 @@ a git history whose sources have that digest.
 A copy of the repository made for a remote machine can carry a working tree newer than its .git
 (the project's device machine does), so a summary's `git_commit` may name an older commit than
 the code that ran. `source_digest` hashes the sources themselves; `commit_with_digest` finds the
-commit they came from afterwards, where the full history is at hand.
+commit they came from afterwards, where the full history is at hand. An installed package
+(site-packages, no checkout) has no commit: `package_version` names the release instead.
 """
 import glob
 import hashlib
+import importlib.metadata
 import os
 import subprocess
 
@@ -48,9 +50,21 @@ def _git(root, *args, stdin=None) -> bytes:
                         timeout=60, check=True).stdout
 
 
-def git_state(root: str = ROOT) -> tuple[str | None, bool | None]:
-  """(HEAD commit, whether the sources differ from it), or (None, None) without git."""
+def package_version() -> str | None:
+  """The installed distribution's version (a wheel or an editable checkout), None if neither."""
   try:
+    return importlib.metadata.version("ssmax-jax")
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def git_state(root: str = ROOT) -> tuple[str | None, bool | None]:
+  """(HEAD commit, whether the sources differ from it), or (None, None) unless root is the top of
+  a git checkout (site-packages inside some other repository's tree is no checkout of ours)."""
+  try:
+    top = _git(root, "rev-parse", "--show-toplevel").decode().strip()
+    if os.path.realpath(top) != os.path.realpath(root):
+      return None, None
     commit = _git(root, "rev-parse", "HEAD").decode().strip() or None
     dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no", "--", "ssmax_jax",
                       "configs").strip())

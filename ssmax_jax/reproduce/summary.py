@@ -12,7 +12,7 @@ from ssmax_jax.reproduce.variants import (FORMAT, MIN_SEQ_LEN, MIN_TOKENS, NEEDL
                                           OUTPUT_FILES, PAPER_VARIANTS, SUMMARY_FILE)
 
 VERSION_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy",
-                    "ml-collections", "tiktoken", "ssmax-jax")
+                    "ml-collections", "tiktoken")
 
 
 def versions() -> dict:
@@ -22,6 +22,7 @@ def versions() -> dict:
       out[name] = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
       out[name] = None
+  out["ssmax-jax"] = provenance.package_version()  # names the code where there is no checkout
   out["source_sha256"] = provenance.source_digest()  # the code that ran, with or without git
   out["git_commit"], out["git_dirty"] = provenance.git_state()
   return out

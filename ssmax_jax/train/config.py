@@ -187,7 +187,8 @@ def apply_xla_flags(config: ml_collections.ConfigDict) -> str:
   new = [f for f in flags if f.split("=")[0] not in names]
   if new and xla_bridge.backends_are_initialized():
     raise ValueError(f"config.xla_flags {new} must be set before JAX starts its backends: run "
-                     "through the launcher (experiments/train.py) or put them in XLA_FLAGS.")
+                     "through the launcher (ssmax-train, python -m experiments.train) or put "
+                     "them in XLA_FLAGS.")
   if new:
     os.environ["XLA_FLAGS"] = " ".join(current + new)
   return os.environ.get("XLA_FLAGS", "")

@@ -1,4 +1,4 @@
-"""Flags shared by the experiments.eval_* commands, and their error handling."""
+"""Flags shared by the eval_* commands (ssmax_jax/cli/eval_*.py), and their error handling."""
 import sys
 
 from absl import flags
