@@ -13,7 +13,7 @@ import importlib
 from ssmax_jax.ops import (IMPLEMENTATIONS, VARIANTS, attention_counts, default_s_init,
                            dot_product_attention, logit_multiplier)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Loaded on first attribute access (PEP 562): `import ssmax_jax` stays as light as the op.
 _SUBPACKAGES = ("ops", "kernels", "nn", "models", "data", "train", "evals", "reproduce",

@@ -58,6 +58,8 @@ def test_citation_file_parses_and_matches_the_package():
   project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
   assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
   assert str(cff["version"]) == project["version"] and cff["license"] == project["license"]
+  import ssmax_jax
+  assert ssmax_jax.__version__ == project["version"]  # one version, everywhere it is written
   paper = cff["preferred-citation"]
   assert paper["title"] == "Scalable-Softmax Is Superior for Attention"
   assert {"type": "other", "value": "arXiv:2501.19399"}.items() <= paper["identifiers"][0].items()
