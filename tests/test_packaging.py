@@ -76,3 +76,10 @@ def test_config_names_resolve_to_the_shipped_files(tmp_path):
     assert config_arg.resolve(["p", f"--config={path}"]) == ["p", f"--config={path}"]
   with pytest.raises(SystemExit, match="unknown config 'tinny'; shipped configs: needle_finetune"):
     config_arg.resolve(["p", "--config=tinny"])
+
+
+def test_commands_name_the_extra_they_need():
+  from ssmax_jax import cli
+  assert cli.missing_packages() == []
+  assert cli.missing_packages({"json": "json", "no_such_module_x": "x-pkg",
+                               "no_such_pkg.sub": "y-pkg"}) == ["x-pkg", "y-pkg"]
