@@ -3,11 +3,11 @@ over random needle prompts (the paper's Fig. 7/8). Writes attention.{json,png,md
 
   python -m experiments.eval_attention --models=runs/ssmax_needle --context_length=8000
 """
-from absl import app
 from absl import flags
 
 from ssmax_jax.cli import eval_flags as ec
 from ssmax_jax.evals import runner
+from ssmax_jax.cli import program
 
 MULTIPLE = flags.DEFINE_float("multiple", 8.0, "Context length as a multiple of l_train.")
 LENGTH = flags.DEFINE_integer("context_length", 0, "Context length in tokens (the paper: 8000); "
@@ -33,7 +33,7 @@ def _main(argv):
 
 
 def main():
-  app.run(_main)
+  program.run(_main, __doc__, __name__)
 
 
 if __name__ == "__main__":

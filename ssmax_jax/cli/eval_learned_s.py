@@ -3,10 +3,10 @@ learned_s.md in --out.
 
   python -m experiments.eval_learned_s --models=runs/ssmax,runs/ssmax_bias --out=runs/eval
 """
-from absl import app
 
 from ssmax_jax.cli import eval_flags as ec
 from ssmax_jax.evals import runner
+from ssmax_jax.cli import program
 
 
 def _main(argv):
@@ -20,7 +20,7 @@ def _main(argv):
 
 
 def main():
-  app.run(_main)
+  program.run(_main, __doc__, __name__)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,11 @@
 
   python -m experiments.eval_loss_by_position --models=runs/softmax,runs/ssmax --out=runs/eval
 """
-from absl import app
 from absl import flags
 
 from ssmax_jax.cli import eval_flags as ec
 from ssmax_jax.evals import runner
+from ssmax_jax.cli import program
 
 MULTIPLES = flags.DEFINE_list("multiples", ["1", "2", "5", "10", "20"],
                               "Context lengths as multiples of the training length.")
@@ -38,7 +38,7 @@ def _main(argv):
 
 
 def main():
-  app.run(_main)
+  program.run(_main, __doc__, __name__)
 
 
 if __name__ == "__main__":

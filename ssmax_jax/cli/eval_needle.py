@@ -3,11 +3,11 @@ context length x depth. Writes needle.json, needle_<label>_theta<scale>.png, nee
 
   python -m experiments.eval_needle --models=runs/ssmax_needle,runs/softmax_needle --out=runs/eval
 """
-from absl import app
 from absl import flags
 
 from ssmax_jax.cli import eval_flags as ec
 from ssmax_jax.evals import runner
+from ssmax_jax.cli import program
 
 MULTIPLES = flags.DEFINE_list("multiples", ["1", "2", "5", "10", "20"],
                               "Context lengths as multiples of the training length.")
@@ -40,7 +40,7 @@ def _main(argv):
 
 
 def main():
-  app.run(_main)
+  program.run(_main, __doc__, __name__)
 
 
 if __name__ == "__main__":

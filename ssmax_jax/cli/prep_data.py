@@ -9,10 +9,10 @@ vocab < 65536) and DIR/index.json; train with source=DIR and the same tokenizer.
 
 import os
 
-from absl import app
 from absl import flags
 
 from ssmax_jax.data import sources
+from ssmax_jax.cli import program
 
 _GLOB = flags.DEFINE_string('glob', None, "Files to tokenise; '**' recurses.", required=True)
 _TOKENIZER = flags.DEFINE_enum('tokenizer', 'gpt2', ['byte', 'gpt2'], 'Tokenizer name.')
@@ -33,7 +33,7 @@ def _main(argv):
 
 
 def main():
-  app.run(_main)
+  program.run(_main, __doc__, __name__)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ one markdown page with tables and links to the figures.
 """
 import sys
 
-from absl import app
 from absl import flags
 
 from ssmax_jax.evals import report
+from ssmax_jax.cli import program
 
 RUNS = flags.DEFINE_list("runs", None, "Directories searched (recursively) for results.")
 OUT = flags.DEFINE_string("out", "eval_report.md", "Markdown file to write (docs/results.md is "
@@ -28,7 +28,7 @@ def _main(argv):
 
 
 def main():
-  app.run(_main)
+  program.run(_main, __doc__, __name__)
 
 
 if __name__ == "__main__":

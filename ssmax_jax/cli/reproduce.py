@@ -22,6 +22,7 @@ from ssmax_jax.configs import reproduce as presets
 from ssmax_jax import train as train_lib
 from ssmax_jax.reproduce import variants
 from ssmax_jax.reproduce.run import run
+from ssmax_jax.cli import program
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Set by --preset (ssmax_jax/configs/reproduce.py:NAME); override keys with "
@@ -40,7 +41,7 @@ _TRAIN_ONLY = flags.DEFINE_bool(
 flags.mark_flags_as_required(["preset", "variant", "out"])
 
 
-def _parse_flags(argv):
+def _preset_config(argv):
   """--preset=NAME becomes --config=ssmax_jax/configs/reproduce.py:NAME before flags are parsed."""
   names = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--preset=")]
   if any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
@@ -50,11 +51,7 @@ def _parse_flags(argv):
       sys.exit(f"error: --preset={names[-1]!r} is unknown; choose one of "
                f"{', '.join(presets.PRESETS)}.")
     argv = [argv[0], f"--config={presets.__file__}:{names[-1]}", *argv[1:]]
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:  # config_flags' answer to an unknown --config.key
-    sys.exit(f"error: unknown config key ({e}); see ssmax_jax/configs/reproduce.py and "
-             "ssmax_jax/train/config.py for the keys.")
+  return argv
 
 
 def _main(argv):
@@ -86,7 +83,7 @@ def _main(argv):
 
 
 def main():
-  app.run(_main, flags_parser=_parse_flags)
+  program.run(_main, __doc__, __name__, rewrite=_preset_config)
 
 
 if __name__ == "__main__":

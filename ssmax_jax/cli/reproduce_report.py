@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 
 from ssmax_jax.reproduce import claims, page, seeds, summary, variants
+from ssmax_jax.cli import program
 
 RESULTS = flags.DEFINE_list("results", [], "--out directories of experiments.reproduce runs "
                             "(none: the page with every variant not run).")
@@ -47,7 +48,7 @@ def _main(argv):
 
 
 def main():
-  app.run(_main)
+  program.run(_main, __doc__, __name__)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
       [--config.model.attention=softmax] [--config.train.num_steps=200] ...
   ssmax-train --config=tiny --workdir=workdirs/tiny  (a shipped config by name, or any path)
 
-Unknown --config.* keys are rejected by the flag parser. Re-running with the same --workdir
+--print_config lists every key with its value and meaning; an unknown --config.KEY is an error
+that names the closest key. Re-running with the same --workdir
 resumes from its latest checkpoint. SIGTERM saves a checkpoint and stops.
 """
 import sys
@@ -16,29 +17,27 @@ from ml_collections import config_flags
 
 from ssmax_jax import configs
 from ssmax_jax import train as train_lib
-from ssmax_jax.cli import config_arg
+from ssmax_jax.cli import config_arg, program
+from ssmax_jax.train import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A shipped config's name "
                                           f"({', '.join(configs.NAMES)}) or a config file.",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _parse_flags(argv):
-  argv = config_arg.resolve(argv)
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:  # config_flags' answer to an unknown --config.key
-    key = next((a.split("=")[0][2:] for a in argv if a.startswith("--config.")
-                and str(e).strip("'\"") in a.split("=")[0].split(".")), str(e))
-    sys.exit(f"error: unknown config key {key!r} ({e}); see the config file and "
-             "ssmax_jax/train/config.py for the keys.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics "
+                               "(required to train).")
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print every key of the resolved "
+                                  "config with its value and description, then exit.")
 
 
 def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _PRINT_CONFIG.value:
+    print(config_lib.describe(_CONFIG.value))
+    return
+  if not _WORKDIR.value:
+    sys.exit("error: --workdir is required: the directory for this run's checkpoints and "
+             "metrics (an existing one resumes).")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
   try:
     train_lib.apply_xla_flags(_CONFIG.value)  # before anything starts JAX's backends
@@ -51,7 +50,7 @@ def _main(argv):
 
 
 def main():
-  app.run(_main, flags_parser=_parse_flags)
+  program.run(_main, __doc__, __name__, rewrite=config_arg.resolve)
 
 
 if __name__ == "__main__":

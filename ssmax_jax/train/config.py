@@ -126,6 +126,81 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+# One line per key for --print_config (model.* come from TransformerConfig's docstring).
+DESCRIPTIONS = {
+    "seed": "seed of the parameters' initialisation",
+    "distributed": "True: jax.distributed.initialize() (one process per host)",
+    "xla_flags": "appended to XLA_FLAGS before JAX starts its backends",
+    "model.l_train": "the training length (default s_init, qwen_logn); None: train.seq_len",
+    "data.kind": "'lm': next-token prediction on data.source; 'needle': retrieval examples",
+    "data.source": "'shakespeare' (embedded), a prep_data directory or a flat token file",
+    "data.tokenizer": "'byte' or 'gpt2'",
+    "data.packing": "True: documents packed with segment ids (n restarts per document)",
+    "data.worker_count": "grain worker processes (0: in the main process)",
+    "data.seed": "seed of the data order",
+    "data.needle_min_context": "needle: context lengths drawn from [this, seq_len + 1]",
+    "train.num_steps": "optimizer updates to train for",
+    "train.batch_size": "sequences per update, global, summed over accumulation steps",
+    "train.seq_len": "tokens per sequence",
+    "train.grad_accum_steps": "micro-batches per update",
+    "train.loss_chunk_tokens": "tokens whose [chunk, vocab] logits exist at a time",
+    "train.loss_logits_dtype": "storage of the logits: 'float32' or 'bfloat16'",
+    "train.loss_implementation": "None (choose), 'xla' or 'pallas' (GPU kernel)",
+    "train.log_every": "steps between logged metrics",
+    "train.peak_tflops": "per device, for MFU; None: known devices only",
+    "train.progress_bar": "a progress bar on a terminal (plain lines otherwise)",
+    "train.profile_at_step": "trace profile_steps steps from this step (-1: never)",
+    "train.profile_steps": "steps traced by profile_at_step",
+    "train.max_minutes": "stop with a checkpoint after this many minutes (0: no limit)",
+    "optimizer.lr": "peak learning rate (AdamW)",
+    "optimizer.b1": "AdamW's first-moment decay",
+    "optimizer.b2": "AdamW's second-moment decay",
+    "optimizer.eps": "AdamW's epsilon",
+    "optimizer.weight_decay": "decoupled weight decay, on parameters of rank >= 2",
+    "optimizer.clip_norm": "global gradient-norm clipping",
+    "optimizer.schedule": "after warm-up: 'constant' or 'cosine'",
+    "optimizer.warmup_steps": "linear warm-up steps",
+    "optimizer.final_lr_ratio": "cosine: lr at the last step / lr",
+    "mesh.shape": "(data, fsdp, tensor) devices; one -1 takes the rest",
+    "checkpoint.every_steps": "steps between checkpoints",
+    "checkpoint.keep": "checkpoints kept",
+    "checkpoint.async_save": "save in the background",
+    "checkpoint.restart_if_unreadable": "no readable checkpoint: True restarts from step 0",
+    "init.workdir": "start from another run's parameters (fine-tuning; variant e)",
+    "init.step": "that run's checkpoint step; None: the latest",
+    "switch.step": "switch every layer's attention at this step (-1: never; variant f)",
+    "switch.attention": "the variant switched to",
+    "switch.s_init": "s after the switch; None: 1 / mean(log n, n = 1..l_train)",
+    "sample.prompt": "prompt of the sample printed after training",
+    "sample.num_tokens": "tokens sampled after training (0: none)",
+    "sample.temperature": "that sample's temperature (0: greedy)",
+}
+
+
+def _model_descriptions() -> dict:
+  """model.<field>: the first line of each field in TransformerConfig's Attributes section."""
+  lines = [l for l in TransformerConfig.__doc__.split("Attributes:")[1].splitlines() if l.strip()]
+  indent = len(lines[0]) - len(lines[0].lstrip())  # a field's line; continuations go deeper
+  found, name = {}, None
+  for line in lines:
+    field, sep, text = line.strip().partition(": ")
+    if sep and field.isidentifier() and len(line) - len(line.lstrip()) == indent:
+      name = f"model.{field}"
+      found[name] = text
+    elif name:
+      found[name] += " " + line.strip()
+  return found
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  """Every key of `config` with its value and description, one per line (--print_config)."""
+  descriptions = {**_model_descriptions(), **DESCRIPTIONS}
+  lines = []
+  for key, value in sorted(_flat(config).items()):
+    lines.append(f"{key} = {value!r}  # {descriptions.get(key, '(no description)')}")
+  return "\n".join(lines)
+
+
 # Keys a resume may change: they change neither what a checkpoint restores nor the batches and
 # updates that follow it (how steps are laid out, logged, saved or profiled). Every other key
 # must equal the checkpoint's config: a resume with another model, optimizer or data order is a

@@ -1,0 +1,46 @@
+"""The commands' own interface: --help, --print_config and one-line flag errors."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ssmax_jax.cli import program
+from ssmax_jax.train import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(*args):
+  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_every_config_key_has_a_description():
+  text = config_lib.describe(config_lib.default_config())
+  assert "(no description)" not in text
+  assert "model.d_ff = 2048  # F, the SwiGLU hidden width." in text.splitlines()
+
+
+def test_unknown_config_key_is_one_line_with_the_suggestion():
+  nested = AttributeError(KeyError(
+      "'nm_steps'\nDid you mean \"num_steps\" instead of \"nm_steps\"?"))
+  assert program.config_key_error(nested) == (
+      "error: unknown config key 'nm_steps'; Did you mean \"num_steps\" instead of \"nm_steps\"? "
+      "(--print_config lists every key)")
+
+
+@pytest.mark.parametrize("args, code, expect", [
+    (["--help"], 0, "--print_config"),
+    (["--config=tiny", "--print_config"], 0, "train.num_steps = "),
+    (["--config=tiny", "--workdir=/nonexistent/x", "--config.train.nm_steps=3"], 1,
+     'Did you mean "num_steps"'),
+    (["--config=tiny"], 1, "--workdir is required"),
+])
+def test_train_command_line(args, code, expect):
+  r = _train(*args)
+  assert r.returncode == code, r.stderr[-2000:]
+  out = r.stdout if code == 0 else r.stderr
+  assert expect in out
+  if code:
+    assert len(out.strip().splitlines()) == 1, out  # one line, no traceback
