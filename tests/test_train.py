@@ -91,6 +91,14 @@ def test_tiny_logs_every_5_steps_with_input_wait(tiny_run):
   assert result["step"] == 20
 
 
+def test_loading_a_model_logs_no_library_warnings(tiny_run, caplog):
+  workdir = str(tiny_run[0])
+  with caplog.at_level("WARNING", logger="absl"):
+    load_model(workdir)
+    load_model(workdir)
+  assert [r.getMessage() for r in caplog.records if r.name == "absl"] == []
+
+
 def test_tiny_profile_writes_a_trace_and_a_table(tiny_run):
   # The profile of steps 13-14: a trace file and a device-time table in the output.
   workdir, _, _, printed = tiny_run

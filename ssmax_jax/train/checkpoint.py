@@ -10,6 +10,7 @@ Layout of a workdir:
   corrupt_checkpoints/<step>       checkpoints that failed to restore or to verify, moved aside
   metrics.jsonl, tensorboard/      training metrics
 """
+import contextlib
 import dataclasses
 import logging
 import os
@@ -84,6 +85,18 @@ def verify_digests(tree, saved: dict | None, where: str):
                                  f"(e.g. {bad[:3]}): its files are damaged")
 
 
+@contextlib.contextmanager
+def _quiet_absl(prefix: str):
+  """Drops absl log records that start with `prefix` while the block runs."""
+  logger = logging.getLogger("absl")
+  drop = lambda record: not record.getMessage().startswith(prefix)
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
+
+
 class Checkpointer:
   """An orbax CheckpointManager over workdir/checkpoints (async, keeping the last `keep`)."""
 
@@ -94,10 +107,13 @@ class Checkpointer:
     if read_only and not os.path.isdir(self.directory):
       raise ValueError(f"{workdir} has no checkpoints/ directory: not a training workdir, or "
                        "no checkpoint was saved yet.")
+    # Read-only: no keep count or save interval, which orbax would otherwise warn it ignores.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
-        read_only=read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+        max_to_keep=None if read_only else keep, enable_async_checkpointing=async_save,
+        create=not read_only, read_only=read_only,
+        **({"save_interval_steps": 0} if read_only else {}))
+    with _quiet_absl("Given directory is read only"):  # said once per manager, and meant
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())

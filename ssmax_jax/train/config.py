@@ -75,7 +75,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.loss_implementation = config_dict.placeholder(str)
   c.train.log_every = 10
   c.train.peak_tflops = config_dict.placeholder(float)  # per device; None: known devices only
-  c.train.progress_bar = True
+  c.train.progress_bar = True  # on a terminal; a log file gets one line per logged step
   # Trace profile_steps steps from this step on (-1: never) into WORKDIR/profile and print device
   # time by kernel (ssmax_jax/train/profiling.py); the trace opens in TensorBoard/XProf.
   c.train.profile_at_step = -1

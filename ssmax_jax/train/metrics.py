@@ -1,8 +1,9 @@
 """Training metrics: a tqdm progress bar, metrics.jsonl (one record per logged step) and
-TensorBoard (tensorboardX); without the bar (train.progress_bar=False), one printed line per logged
-step. Only process 0 writes."""
+TensorBoard (tensorboardX); without the bar (train.progress_bar=False, or stderr not a
+terminal), one printed line per logged step. Only process 0 writes."""
 import json
 import os
+import sys
 import warnings
 
 import jax
@@ -38,7 +39,7 @@ class MetricsWriter:
     tb_dir = os.path.join(workdir, "tensorboard")
     purge = initial_step + 1 if os.path.isdir(tb_dir) else None
     self.tb = SummaryWriter(tb_dir, purge_step=purge)
-    if progress_bar:
+    if progress_bar and sys.stderr.isatty():  # a log file gets plain lines, not bar frames
       self.bar = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step",
                            dynamic_ncols=True)
 
