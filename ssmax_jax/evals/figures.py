@@ -46,9 +46,11 @@ def heatmap_size(rows: int, cols: int, *, cell_w=0.72, cell_h=0.42, min_w=4.8, m
   return max(min_w, extra_w + cell_w * cols), max(min_h, extra_h + cell_h * rows)
 
 
-def mark_training_length(ax, x, label: str):
-  """A dotted vertical line at x (the training length in the axis' units), labelled at the top."""
+def mark_training_length(ax, x, label: str, at="top"):
+  """A dotted vertical line at x (the training length in the axis' units), labelled along it at
+  the top or the bottom (`at`) of the axes."""
   ax.axvline(x, color="0.35", linestyle=":", linewidth=1.2, zorder=0)
-  ax.annotate(label, xy=(x, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
-              textcoords="offset points", ha="left", va="top", fontsize=8, color="0.25",
-              rotation=90)
+  top = at == "top"
+  ax.annotate(label, xy=(x, 1.0 if top else 0.0), xycoords=("data", "axes fraction"),
+              xytext=(3, -3 if top else 3), textcoords="offset points", ha="left",
+              va="top" if top else "bottom", fontsize=8, color="0.25", rotation=90)
