@@ -45,6 +45,9 @@ def test_loss_by_position_equals_a_direct_computation():
   assert res["window_starts"] == [0, 10, 20, 30, 40]
   np.testing.assert_allclose(res["windowed_loss"][-1], nll.mean(0)[40:].mean(), rtol=2e-5)
   np.testing.assert_allclose(res["mean_loss"], nll.mean(), rtol=2e-5)
+  np.testing.assert_allclose(res["mean_loss_std"], nll.mean(1).std(), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(res["windowed_loss_std"][-1], nll[:, 40:].mean(1).std(), rtol=1e-4,
+                             atol=1e-6)
   assert res["rope_theta"] == 5e5 and res["num_sequences"] == num
   with pytest.raises(ValueError, match="fewer than context length"):
     loss_by_position.window_starts(100, 100, 1)

@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from ssmax_jax import ops
-from ssmax_jax.evals import common, needle
+from ssmax_jax.evals import common, figures, needle
 from ssmax_jax.nn.layers import rope
 
 
@@ -130,28 +130,38 @@ def needle_attention(model, tokenizer, tokens, length: int, *, trials: int = 100
 
 
 def plot(results: list[dict], path: str, top_k: int = 10):
-  """Top: the top_k heads of each model (bars, mean +- std). Bottom: mean weight per layer x head."""
+  """Top: the top_k heads of each model (bars, mean +- std over the prompts). Bottom: mean weight
+  per layer x head. Both scales fit the largest value of any model (shared across models)."""
   plt = common.pyplot()
   M = len(results)
-  fig, axes = plt.subplots(2, M, figsize=(5.5 * M, 8), squeeze=False)
+  L, N = np.asarray(results[0]["result"]["mean"]).shape
+  w, h = figures.heatmap_size(L, N)
+  fig, axes = plt.subplots(2, M, figsize=(max(5.5, w) * M, 4.0 + h), squeeze=False,
+                           layout="constrained", gridspec_kw=dict(height_ratios=(4.0, h)))
+  bar_top = max(max((t["mean"] + t["std"] for t in e["result"]["top_heads"][:top_k]),
+                    default=0.0) for e in results)
+  map_top = max(float(np.max(e["result"]["mean"])) for e in results)
   for m, entry in enumerate(results):
     res = entry["result"]
     top = res["top_heads"][:top_k]
     ax = axes[0, m]
-    ax.bar(range(len(top)), [h["mean"] for h in top], yerr=[h["std"] for h in top], capsize=2)
-    ax.set_xticks(range(len(top)), [f"L{h['layer']}H{h['head']}" for h in top], rotation=60,
-                  fontsize=7)
-    ax.set(ylim=(0, 1), ylabel="attention to the needle number",
+    ax.bar(range(len(top)), [t["mean"] for t in top], yerr=[t["std"] for t in top], capsize=2,
+           color="C0", ecolor="0.2")
+    ax.set_xticks(range(len(top)), [f"L{t['layer']}H{t['head']}" for t in top], rotation=60,
+                  fontsize=figures.CELL_FONT_SIZE)
+    ax.set_ylim(0, 1.08 * bar_top if bar_top > 0 else 1.0)
+    ax.grid(axis="y", alpha=0.25)
+    ax.set(xlabel="head (layer, head)",
+           ylabel=f"attention weight on the needle\n(mean ± std, {res['trials']} prompts)",
            title=f"{entry['label']}: top {len(top)} heads (T={res['context_length']})")
-    im = axes[1, m].imshow(np.asarray(res["mean"]), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    L, N = np.asarray(res["mean"]).shape
-    axes[1, m].set_xticks(range(N))
-    axes[1, m].set_yticks(range(L))
+    mean = np.asarray(res["mean"])
+    im = axes[1, m].imshow(mean, vmin=0, vmax=map_top or 1.0, cmap="viridis", aspect="auto")
+    figures.annotate_cells(axes[1, m], im, mean)
+    axes[1, m].set_xticks(range(mean.shape[1]))
+    axes[1, m].set_yticks(range(mean.shape[0]))
     axes[1, m].set(xlabel="head", ylabel="layer", title="mean weight on the needle number")
-    fig.colorbar(im, ax=axes[1, m])
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    fig.colorbar(im, ax=axes[1, m], label="attention weight")
+  figures.savefig(fig, path)
 
 
 def markdown(results: list[dict], top_k: int = 10) -> str:

@@ -4,7 +4,7 @@ import os
 import numpy as np
 
 from ssmax_jax import ops
-from ssmax_jax.evals import common
+from ssmax_jax.evals import common, figures
 
 
 def head_scalars(model) -> dict:
@@ -64,20 +64,27 @@ def markdown(results: list[dict], base_dir: str = "") -> str:
 
 
 def plot(entry: dict, path: str):
-  """Heatmaps of s (and b) [layer x head] of one model."""
+  """Heatmaps of s (and b) [layer x head] of one model; b's colours are centred on 0."""
   plt = common.pyplot()
   r = entry["result"]
   names = [n for n in ("s", "b") if r[n] is not None]
-  fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
+  L, N = np.asarray(r[names[0]]).shape
+  w, h = figures.heatmap_size(L, N)
+  fig, axes = plt.subplots(1, len(names), figsize=(w * len(names), h), squeeze=False,
+                           layout="constrained")
   for ax, name in zip(axes[0], names):
     arr = np.asarray(r[name])
-    im = ax.imshow(arr, cmap="coolwarm" if name == "b" else "viridis", aspect="auto")
-    for (i, j), v in np.ndenumerate(arr):
-      ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
+    if name == "b":
+      top = float(np.abs(arr).max()) or 1.0
+      im = ax.imshow(arr, cmap="coolwarm", vmin=-top, vmax=top, aspect="auto")
+    else:
+      im = ax.imshow(arr, cmap="viridis", aspect="auto")
+    figures.annotate_cells(ax, im, arr)
     ax.set_xticks(range(arr.shape[1]))
     ax.set_yticks(range(arr.shape[0]))
-    ax.set(xlabel="head", ylabel="layer", title=f"{entry['label']}: learned {name}")
-    fig.colorbar(im, ax=ax)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    title = f"{entry['label']}: learned {name}"
+    if name == "s" and r.get("s_init"):
+      title += f" (init {r['s_init']:.3f})"
+    ax.set(xlabel="head", ylabel="layer", title=title)
+    fig.colorbar(im, ax=ax, label=name)
+  figures.savefig(fig, path)

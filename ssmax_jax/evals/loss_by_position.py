@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssmax_jax.evals import common
+from ssmax_jax.evals import common, figures
 
 
 def window_starts(num_tokens: int, length: int, num_sequences: int, doc_starts=None) -> np.ndarray:
@@ -98,10 +98,13 @@ def loss_by_position(model, tokens, length: int, *, num_sequences: int, batch_si
 
   Returns:
     A dict: context_length, rope_theta, num_sequences, mean_loss, loss_per_position [T],
-    window, window_starts, windowed_loss.
+    window, window_starts, windowed_loss, and the spread over the evaluation windows (the
+    standard deviation across sequences, ddof 0) of each sequence's mean loss, mean_loss_std,
+    and of its window means, windowed_loss_std.
   """
   starts = window_starts(len(tokens), length, num_sequences, doc_starts)
   total_T = np.zeros(length, np.float64)
+  seq_means, seq_windowed = [], []  # per sequence: for the spread only, the means use total_T
   batches = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
   for batch_starts in common.progress(batches, desc=desc, enabled=show_progress):
     rows = np.stack([np.asarray(tokens[s:s + length + 1], np.int32) for s in batch_starts])
@@ -110,50 +113,94 @@ def loss_by_position(model, tokens, length: int, *, num_sequences: int, batch_si
     nll_BT = np.asarray(token_nll(model, rows[:, :-1], rows[:, 1:], rope_theta=rope_theta,
                                   chunk_tokens=chunk_tokens))
     total_T += nll_BT[:len(batch_starts)].sum(0)
+    for nll_T in nll_BT[:len(batch_starts)]:
+      seq_means.append(float(np.mean(nll_T, dtype=np.float64)))
+      seq_windowed.append(windowed(nll_T, window)[1])
   per_position = total_T / len(starts)
   w_starts, w_means = windowed(per_position, window)
   theta = model.config.rope_theta if rope_theta is None else rope_theta
   return dict(context_length=int(length), rope_theta=float(theta), num_sequences=len(starts),
               mean_loss=float(per_position.mean()), loss_per_position=per_position.tolist(),
-              window=int(window), window_starts=w_starts.tolist(), windowed_loss=w_means.tolist())
+              window=int(window), window_starts=w_starts.tolist(), windowed_loss=w_means.tolist(),
+              mean_loss_std=float(np.std(seq_means)),
+              windowed_loss_std=np.std(seq_windowed, axis=0).tolist())
 
 
-def _curve_label(entry, curve, many_thetas):
-  return entry["label"] + (f" (θ×{curve['theta_scale']:g})" if many_thetas else "")
+THETA_STYLES = ("-", "--", ":", "-.")
+
+
+def _sem(curve, key):
+  """The standard error of `curve[key]` over its evaluation windows (std / sqrt(n)), or None
+  when the curve holds no spread (a file written before the spread was kept)."""
+  std = curve.get(key)
+  if std is None:
+    return None
+  return np.asarray(std, np.float64) / np.sqrt(max(1, curve.get("num_sequences") or 1))
 
 
 def plot(results: list[dict], path: str, title: str = "Test loss by position"):
   """Left: windowed loss over positions at the longest context, one curve per model and theta.
-  Right: mean loss against context length. Vertical lines mark multiples of l_train."""
+  Right: mean loss against context length. Colour is the model, line style the RoPE theta
+  scale; shading and error bars are +-1 standard error over the evaluation windows (where the
+  results hold their spread); a dotted line marks the training length."""
   plt = common.pyplot()
-  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
-  many = len({c["theta_scale"] for e in results for c in e["curves"]}) > 1
-  l_train = None
+  from matplotlib.lines import Line2D
+  from matplotlib.patches import Patch
+  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.2))
+  scales = sorted({c["theta_scale"] for e in results for c in e["curves"]})
+  style = {s: THETA_STYLES[i % len(THETA_STYLES)] for i, s in enumerate(scales)}
+  color = {e["label"]: f"C{i % 10}" for i, e in enumerate(results)}
+  spread_n = set()
   for entry in results:
-    l_train = entry["l_train"]
-    longest = max(c["context_length"] for c in entry["curves"])
-    for scale in sorted({c["theta_scale"] for c in entry["curves"]}):
+    for scale in scales:
       curves = sorted((c for c in entry["curves"] if c["theta_scale"] == scale),
                       key=lambda c: c["context_length"])
-      top = next(c for c in curves if c["context_length"] == longest)
-      label = _curve_label(entry, top, many)
-      x = np.asarray(top["window_starts"]) + top["window"] / 2
-      line, = ax.plot(x, top["windowed_loss"], label=label)
-      ax2.plot([c["context_length"] for c in curves], [c["mean_loss"] for c in curves], "o-",
-               color=line.get_color(), label=label)
-  if l_train:
+      if not curves:
+        continue
+      kw = dict(color=color[entry["label"]], linestyle=style[scale])
+      drawn = [c for c in curves if c.get("windowed_loss") is not None]
+      if drawn:
+        top = drawn[-1]  # the longest context with window means
+        x = np.asarray(top["window_starts"]) + top["window"] / 2
+        y = np.asarray(top["windowed_loss"], np.float64)
+        ax.plot(x, y, lw=1.3, **kw)
+        sem = _sem(top, "windowed_loss_std")
+        if sem is not None:
+          ax.fill_between(x, y - sem, y + sem, color=kw["color"], alpha=0.18, lw=0)
+          spread_n.add(top["num_sequences"])
+      xs = [c["context_length"] for c in curves]
+      ys = [c["mean_loss"] for c in curves]
+      sems = [_sem(c, "mean_loss_std") for c in curves]
+      ax2.plot(xs, ys, marker="o", ms=4, **kw)
+      if any(e is not None for e in sems):
+        ax2.errorbar(xs, ys, yerr=[0.0 if e is None else float(e) for e in sems], fmt="none",
+                     ecolor=kw["color"], elinewidth=1, capsize=3)
+        spread_n.update(c["num_sequences"] for c, e in zip(curves, sems) if e is not None)
+  for l_train in sorted({e["l_train"] for e in results if e.get("l_train")}):
     for ax_ in (ax, ax2):
-      ax_.axvline(l_train, color="gray", ls=":", lw=1)
-  ax.set(xlabel="position", ylabel="test loss (window mean)", title=title)
+      figures.mark_training_length(ax_, l_train, f"training length L={l_train}")
+  longest = max(c["context_length"] for e in results for c in e["curves"])
+  window = next((c["window"] for e in results for c in e["curves"] if c.get("window")), None)
+  ax.set(xlabel="position in the context (tokens)",
+         ylabel=f"test loss ({figures.LOSS_UNITS})",
+         title=f"{title}, T={longest}" + (f" (means over {window} positions)" if window else ""))
   lengths = sorted({c["context_length"] for e in results for c in e["curves"]})
-  ax2.set(xlabel="context length", ylabel="mean test loss", xscale="log",
-          title="Mean loss over the context")
+  ax2.set(xlabel="context length T (tokens)", ylabel=f"mean test loss ({figures.LOSS_UNITS})",
+          xscale="log", title="Mean loss over the context")
   ax2.set_xticks(lengths, [str(t) for t in lengths])
   ax2.minorticks_off()
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  for ax_ in (ax, ax2):
+    ax_.grid(alpha=0.25)
+  handles = [Line2D([], [], color=color[e["label"]], lw=2, label=e["label"]) for e in results]
+  handles += [Line2D([], [], color="0.3", linestyle=style[s], label=f"RoPE θ×{s:g}")
+              for s in scales]
+  if spread_n:
+    n = f"{min(spread_n)}" if len(spread_n) == 1 else f"{min(spread_n)}-{max(spread_n)}"
+    handles.append(Patch(color="0.5", alpha=0.3, label=f"±1 s.e. over {n} evaluation windows"))
+  ncol = min(7, len(handles))
+  fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=9, frameon=False)
+  fig.tight_layout(rect=(0, 0.045 * -(-len(handles) // ncol) + 0.01, 1, 1))
+  figures.savefig(fig, path)
 
 
 def markdown(results: list[dict]) -> str:

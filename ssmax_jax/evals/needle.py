@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from ssmax_jax import data
-from ssmax_jax.evals import common
+from ssmax_jax.evals import common, figures
 from ssmax_jax.models import generate
 
 
@@ -176,29 +176,36 @@ def file_stem(label: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "model"
 
 
-def draw_heatmap(ax, grid: dict, *, tick_size=None, cell_size=7):
-  """One grid on `ax`: depth (rows, 0% at the top) x context length (columns), 0..1."""
+ACCURACY_LABEL = "retrieval accuracy (exact match)"
+
+
+def draw_heatmap(ax, grid: dict, *, tick_size=figures.TICK_FONT_SIZE,
+                 cell_size=figures.CELL_FONT_SIZE):
+  """One grid on `ax`: depth (rows, 0% at the top) x context length (columns), 0..1, each cell's
+  accuracy written in white on dark cells and black on light ones."""
   acc = np.asarray(grid["accuracy"]).T  # [depth, length]
   im = ax.imshow(acc, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
-  ticks = {} if tick_size is None else dict(fontsize=tick_size)
-  ax.set_xticks(range(acc.shape[1]), [str(x) for x in grid["context_lengths"]], **ticks)
-  ax.set_yticks(range(acc.shape[0]), [f"{100 * d:.0f}%" for d in grid["depths"]], **ticks)
-  for (r, c), v in np.ndenumerate(acc):
-    ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=cell_size)
+  ax.set_xticks(range(acc.shape[1]), [str(x) for x in grid["context_lengths"]],
+                fontsize=tick_size)
+  ax.set_yticks(range(acc.shape[0]), [f"{100 * d:.0f}%" for d in grid["depths"]],
+                fontsize=tick_size)
+  figures.annotate_cells(ax, im, acc, fontsize=cell_size)
   return im
+
+
+def _grid_size(grid):
+  return figures.heatmap_size(len(grid["depths"]), len(grid["context_lengths"]))
 
 
 def plot_heatmap(grid: dict, path: str, title: str):
   """Depth (rows, 0% at the top) x context length (columns), exact-match accuracy 0..1."""
   plt = common.pyplot()
-  depths, lengths = len(grid["depths"]), len(grid["context_lengths"])
-  fig, ax = plt.subplots(figsize=(1.0 + 0.9 * lengths, 1.2 + 0.45 * depths))
+  fig, ax = plt.subplots(figsize=_grid_size(grid), layout="constrained")
   im = draw_heatmap(ax, grid)
-  ax.set(xlabel="context length (tokens)", ylabel="needle depth", title=title)
-  fig.colorbar(im, ax=ax, label="exact match")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  ax.set(xlabel="context length (tokens)", ylabel="needle depth",
+         title=f"{title}\n{grid.get('trials', '?')} trials per cell")
+  fig.colorbar(im, ax=ax, label=ACCURACY_LABEL)
+  figures.savefig(fig, path)
 
 
 def plot_heatmaps(results: list[dict], path: str):
@@ -206,22 +213,20 @@ def plot_heatmaps(results: list[dict], path: str):
   plt = common.pyplot()
   grids = [(e["label"], g) for e in results for g in e["grids"]]
   rows, cols = -(-len(grids) // 4), min(4, len(grids))
-  g0 = grids[0][1]
-  w = 1.0 + 0.8 * len(g0["context_lengths"])
-  h = 1.2 + 0.35 * len(g0["depths"])
-  fig, axes = plt.subplots(rows, cols, figsize=(w * cols + 1.0, h * rows), squeeze=False,
-                           layout="constrained")
+  w, h = _grid_size(grids[0][1])
+  fig, axes = plt.subplots(rows, cols, figsize=((w - 0.9) * cols + 1.0, h * rows),
+                           squeeze=False, layout="constrained")
   im = None
   for ax, (label, g) in zip(axes.flat, grids):
-    im = draw_heatmap(ax, g, tick_size=7, cell_size=6)
-    ax.set_title(f"{label}, θ {g['rope_theta']:g}", fontsize=9)
-    ax.set_xlabel("context length", fontsize=8)
+    im = draw_heatmap(ax, g)
+    ax.set_title(f"{label}, θ {g['rope_theta']:g}", fontsize=10)
+    ax.set_xlabel("context length (tokens)")
   for ax in list(axes.flat)[len(grids):]:
     ax.axis("off")
-  axes[0][0].set_ylabel("needle depth", fontsize=8)
-  fig.colorbar(im, ax=axes.ravel().tolist(), label="exact match")
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  for row in axes:
+    row[0].set_ylabel("needle depth")
+  fig.colorbar(im, ax=axes.ravel().tolist(), label=ACCURACY_LABEL)
+  figures.savefig(fig, path)
 
 
 def markdown(results: list[dict], base_dir: str = "") -> str:

@@ -1,5 +1,5 @@
 """The results page's figure: every variant that ran, by context length."""
-from ssmax_jax.evals import common
+from ssmax_jax.evals import common, figures
 from ssmax_jax.reproduce.metrics import LONG_THETA
 from ssmax_jax.reproduce.seeds import seeds
 from ssmax_jax.reproduce.variants import PAPER_VARIANTS
@@ -18,11 +18,14 @@ def plot_comparison(rws, path: str, groups=None) -> bool:
   if not ran:
     return False
   plt = common.pyplot()
-  panels = [("loss", "1", "Mean test loss, RoPE θ×1", "mean loss over the context"),
+  panels = [("loss", "1", "Mean test loss, RoPE θ×1", f"mean test loss ({figures.LOSS_UNITS})"),
             ("loss", LONG_THETA, f"Mean test loss, RoPE θ×{LONG_THETA}",
-             "mean loss over the context"),
+             f"mean test loss ({figures.LOSS_UNITS})"),
             ("needle", LONG_THETA, f"Needle accuracy after fine-tuning, θ×{LONG_THETA}",
-             "exact match (mean over depths)")]
+             "retrieval accuracy (exact match, mean over depths)")]
+  lengths = {r.get("seq_len") for _, _, r, _ in ran}
+  train_label = (f"training length L={lengths.pop()}" if len(lengths) == 1 and None not in lengths
+                 else "training length")
   fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
   for ax, (kind, theta, title, ylabel) in zip(axes, panels):
     ticks = set()
@@ -39,11 +42,12 @@ def plot_comparison(rws, path: str, groups=None) -> bool:
     ax.set_xlabel("context length (x the training length)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.axvline(1.0, color="gray", linestyle=":", linewidth=1)
+    ax.grid(alpha=0.25)
+    figures.mark_training_length(ax, 1.0, train_label,
+                                 at="bottom" if kind == "needle" else "top")
   axes[-1].set_ylim(-0.03, 1.03)
   handles, labels = axes[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
   fig.tight_layout(rect=(0, 0.12, 1, 1))
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  figures.savefig(fig, path)
   return True
