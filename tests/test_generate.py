@@ -1,10 +1,12 @@
-"""Decoding: ragged prompt batches, top-k / top-p sampling, eos stops, argument checks (CPU,
-float32, tiny models)."""
+"""Decoding: ragged prompt batches, top-k / top-p sampling, eos stops, argument checks, and
+text from a trained checkpoint (CPU, float32, tiny models)."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from ssmax_jax.data import get_tokenizer
+from ssmax_jax.evals import sample
 from ssmax_jax.models import Transformer, TransformerConfig, filter_logits, generate
 from ssmax_jax.models import transformer as transformer_lib
 
@@ -142,3 +144,59 @@ def test_padding_ids_past_a_prompt_length_are_not_checked():
   prompts_BT = _ragged_prompts()
   prompts_BT[0, 3:] = -1
   generate(_model(), prompts_BT, 1, prompt_lengths=LENGTHS)
+
+
+# --- Text from a trained checkpoint -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  from configs import test_tiny
+  from ssmax_jax.train import train
+  workdir = str(tmp_path_factory.mktemp("sample") / "run")
+  c = test_tiny.get_config()  # byte-level (eot 256), Shakespeare
+  c.train.num_steps, c.checkpoint.every_steps = 3, 3
+  train(c, workdir)
+  return workdir
+
+
+def test_sample_from_checkpoint_continues_each_prompt(run_dir):
+  from ssmax_jax.train import load_model
+  prompts = ["ROMEO:", "", "To be, or not"]
+  texts = sample.sample_from_checkpoint(run_dir, prompts, 6, stop_at_eot=False)
+  assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+  # The same as decoding each prompt alone with generate.
+  model, _ = load_model(run_dir, overrides={"implementation": "xla"})
+  byte = get_tokenizer("byte")
+  for prompt, text in zip(prompts, texts):
+    ids = byte.encode(prompt) if prompt else np.array([byte.eot_id])
+    alone = generate(model, ids[None], 6)[0, len(ids):]
+    assert text == byte.decode(alone)
+  again = sample.sample_from_checkpoint(run_dir, prompts, 6, step=3, temperature=1.0,
+                                        top_k=10, seed=1)
+  assert again == sample.sample_from_checkpoint(run_dir, prompts, 6, temperature=1.0,
+                                                top_k=10, seed=1)
+
+
+def test_sample_drops_the_eot_it_stops_at():
+  byte = get_tokenizer("byte")
+  model = Transformer(TransformerConfig(**{**TINY, "vocab_size": 257}), rngs=nnx.Rngs(0))
+  prompt = byte.encode("ab")
+  free = np.asarray(generate(model, prompt[None], 5))[0, 2:]
+  assert free[0] != byte.eot_id
+  # Make eot the greedy second token and leave the first alone: its lm_head column becomes
+  # the second position's hidden state less its part along the first's.
+  h_2D = model.hidden(jnp.asarray(np.concatenate([prompt, free[:1]])[None]))[0, -2:]
+  w_D = h_2D[1] - (h_2D[1] @ h_2D[0]) / (h_2D[0] @ h_2D[0]) * h_2D[0]
+  model.lm_head.kernel[...] = model.lm_head.kernel[...].at[:, byte.eot_id].set(1e3 * w_D)
+  assert sample.sample(model, byte, ["ab"], 5) == [byte.decode(free[:1])]
+  assert sample.sample(model, byte, ["ab"], 2, stop_at_eot=False) == [
+      byte.decode(np.append(free[:1], byte.eot_id))]
+
+
+def test_sample_checks_prompts_before_loading(tmp_path):
+  with pytest.raises(ValueError, match="prompts must be a list of str"):
+    sample.sample_from_checkpoint(str(tmp_path), "ROMEO:", 4)
+  with pytest.raises(ValueError, match="prompts is empty"):
+    sample.sample_from_checkpoint(str(tmp_path), [], 4)
+  with pytest.raises(ValueError, match="does not exist"):
+    sample.sample_from_checkpoint(str(tmp_path / "nope"), ["a"], 4)
