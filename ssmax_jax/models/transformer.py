@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike, DTypeLike
 
@@ -219,70 +220,202 @@ class Transformer(nnx.Module):
     for attn in self.attention_layers():
       attn.init_cache(batch_size, max_len, jnp.dtype(dtype or self.config.dtype))
 
+  def set_cache_lengths(self, lengths_B: ArrayLike) -> None:
+    """Sets each row's cache positions in use in every layer (`SSMaxAttention.set_cache_lengths`):
+    after a prefill of right-padded prompts, row b continues at position lengths_B[b]."""
+    for attn in self.attention_layers():
+      attn.set_cache_lengths(lengths_B)
+
 
 def count_params(model: nnx.Module) -> int:
   """The number of scalars in the model's nnx.Param variables (162.1M for the default config)."""
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature"))
-def _decode(graphdef, state, prompt_BT, key, rope_theta, max_new_tokens, temperature):
+def filter_logits(logits_BV: jax.Array, *, top_k: int | None = None,
+                  top_p: ArrayLike | None = None) -> jax.Array:
+  """Top-k, then top-p (nucleus) filtering: the logits outside both become -inf.
+
+  Args:
+    logits_BV: [B,V] float logits (already divided by the temperature).
+    top_k: keep each row's top_k largest logits (ties go to the lower id); None keeps all.
+    top_p: of those, keep the fewest largest whose probabilities (softmax over the kept
+      logits) sum to at least top_p; the largest always stays. None keeps them all.
+
+  Returns:
+    [B,V] like logits_BV: kept logits unchanged, the others -inf.
+  """
+  B, V = logits_BV.shape
+  vals_BK, ids_BK = jax.lax.top_k(logits_BV, V if top_k is None else top_k)  # descending
+  if top_p is not None:
+    probs_BK = jax.nn.softmax(vals_BK, axis=-1)
+    # A token stays if the tokens above it have not yet reached top_p.
+    mass_above_BK = jnp.cumsum(probs_BK, axis=-1) - probs_BK
+    vals_BK = jnp.where(mass_above_BK < top_p, vals_BK, -jnp.inf)
+  rows_B1 = jnp.arange(B)[:, None]
+  return jnp.full_like(logits_BV, -jnp.inf).at[rows_B1, ids_BK].set(vals_BK)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sampling:
+  """The options that change the decoding program (static under jit)."""
+  greedy: bool
+  top_k: int | None
+  uses_top_p: bool
+  stops: bool  # an eos_id was given
+
+
+def _pick(logits_BV, key, temperature, top_p, opts: _Sampling):
+  """The next token [B] int32 of each row."""
+  if opts.greedy:
+    return jnp.argmax(logits_BV, -1).astype(jnp.int32)
+  logits_BV = logits_BV / temperature
+  if opts.top_k is not None or opts.uses_top_p:
+    logits_BV = filter_logits(logits_BV, top_k=opts.top_k,
+                              top_p=top_p if opts.uses_top_p else None)
+  return jax.random.categorical(key, logits_BV).astype(jnp.int32)
+
+
+def _stop(token_B, done_B, eos_id, opts: _Sampling):
+  """Rows that emitted eos keep emitting it: (tokens, rows done after these tokens)."""
+  if not opts.stops:
+    return token_B, done_B
+  token_B = jnp.where(done_B, eos_id, token_B)
+  return token_B, done_B | (token_B == eos_id)
+
+
+def _new_lengths(new_BA, done_B, eos_id):
+  """Generated tokens per row up to and including its first eos (A if none)."""
+  first_B = jnp.argmax(new_BA == eos_id, axis=1).astype(jnp.int32) + 1
+  return jnp.where(done_B, first_B, new_BA.shape[1])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "opts"))
+def _decode(graphdef, state, prompt_BT, lengths_B, key, rope_theta, temperature, top_p,
+            eos_id, max_new_tokens, opts):
   B, T = prompt_BT.shape
-
-  def pick(logits_BV, i):
-    if temperature == 0:
-      return jnp.argmax(logits_BV, -1).astype(jnp.int32)
-    draw = jax.random.categorical(jax.random.fold_in(key, i), logits_BV / temperature)
-    return draw.astype(jnp.int32)
-
+  pick = lambda logits_BV, i: _pick(logits_BV, jax.random.fold_in(key, T + i), temperature,
+                                    top_p, opts)
   model = nnx.merge(graphdef, state)
-  # Logits of the last prompt position only: [B,T,V] float32 would be 16 GB at B=4, T=20k, GPT-2.
+  # Logits of each row's last prompt position only: [B,T,V] float32 would be 16 GB at B=4,
+  # T=20k, GPT-2. Right padding needs no mask: a real token never attends a later position.
   h_BTD = model.hidden(prompt_BT, decode=True, rope_theta=rope_theta)
-  new_BA = jnp.zeros((B, max_new_tokens), jnp.int32).at[:, 0].set(
-      pick(model.logits(h_BTD[:, -1]), T))
+  model.set_cache_lengths(lengths_B)
+  last_BD = h_BTD[jnp.arange(B), lengths_B - 1]
+  token_B, done_B = _stop(pick(model.logits(last_BD), 0), jnp.zeros(B, bool), eos_id, opts)
+  # Filled with eos so that the positions left when every row has stopped already hold it.
+  fill = eos_id if opts.stops else 0
+  new_BA = jnp.full((B, max_new_tokens), fill, jnp.int32).at[:, 0].set(token_B)
 
-  def step(i, carry):
-    new_BA, state = carry
+  def step(carry):
+    i, new_BA, done_B, state = carry
     m = nnx.merge(graphdef, state)
     last_B1 = jax.lax.dynamic_slice_in_dim(new_BA, i - 1, 1, axis=1)
     logits_B1V = m(last_B1, decode=True, rope_theta=rope_theta)
-    new_BA = jax.lax.dynamic_update_slice_in_dim(
-        new_BA, pick(logits_B1V[:, 0], T + i)[:, None], i, axis=1)
-    return new_BA, nnx.state(m)
+    token_B, done_B = _stop(pick(logits_B1V[:, 0], i), done_B, eos_id, opts)
+    new_BA = jax.lax.dynamic_update_slice_in_dim(new_BA, token_B[:, None], i, axis=1)
+    return i + 1, new_BA, done_B, nnx.state(m)
 
-  new_BA, _ = jax.lax.fori_loop(1, max_new_tokens, step, (new_BA, nnx.state(model)))
-  return jnp.concatenate([prompt_BT, new_BA], axis=1)
+  # A while loop rather than fori_loop: it ends early once every row has emitted eos.
+  keep_going = lambda carry: (carry[0] < max_new_tokens) & ~jnp.all(carry[2])
+  _, new_BA, done_B, _ = jax.lax.while_loop(
+      keep_going, step, (jnp.int32(1), new_BA, done_B, nnx.state(model)))
+  return jnp.concatenate([prompt_BT, new_BA], axis=1), _new_lengths(new_BA, done_B, eos_id)
 
 
-def generate(model: Transformer, prompt_BT: ArrayLike, max_new_tokens: int, *,
-             temperature: float = 0.0, seed: int = 0,
-             rope_theta: float | None = None) -> jax.Array:
-  """Decodes with the KV cache, continuing every prompt by max_new_tokens tokens.
+def generate(model: Transformer, prompts_BT: ArrayLike, max_new_tokens: int, *,
+             prompt_lengths: ArrayLike | None = None, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+             seed: int = 0, rope_theta: float | None = None,
+             return_lengths: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+  """Decodes with the KV cache, continuing every prompt by up to max_new_tokens tokens.
 
-  The prompt is processed in one call, then one token per step under lax.fori_loop; compiled
-  once per shape and reused across calls. The cache is dropped afterwards.
+  The prompts are processed in one call, then one token per step under a lax.while_loop;
+  compiled once per shape and set of sampling options (greedy or not, top_k, whether top_p
+  and eos_id are given) and reused across calls, also for other temperatures, top_p values,
+  eos ids, seeds and prompt lengths. The cache is dropped afterwards.
+
+  Prompts of different lengths are right-padded into prompts_BT with their lengths in
+  prompt_lengths: row b continues from position prompt_lengths[b] (its RoPE positions and
+  SSMax's n are its own), so each row decodes as it would alone. The pad ids are never
+  attended; any id will do.
 
   Args:
     model: the model to decode with.
-    prompt_BT: [B,T] int token ids.
+    prompts_BT: [B,T] int token ids, right-padded where prompt_lengths is given.
     max_new_tokens: A, the number of tokens to generate, >= 1.
+    prompt_lengths: [B] ints in 1..T, each row's prompt length; None is T for every row.
     temperature: 0 is greedy decoding; above 0, tokens are drawn from
       softmax(logits / temperature) (small models loop under greedy decoding).
+    top_k: sample from the top_k most likely tokens only (1..V); needs temperature > 0.
+    top_p: nucleus sampling: from the fewest most likely tokens whose probability (after
+      top_k, at the temperature) sums to at least top_p, in (0, 1]; needs temperature > 0.
+    eos_id: end of sequence: a row that emits it stops, and its later positions hold eos_id
+      (decoding ends early once every row has stopped). None generates A tokens per row.
     seed: the sampling seed (temperature > 0).
     rope_theta: RoPE's base while decoding; None is model.config.rope_theta.
+    return_lengths: also return the number of tokens each row generated.
 
   Returns:
-    int32 [B, T + A]: the prompt followed by the generated tokens.
+    int32 [B, T + A]: prompts_BT as given, then each row's generated tokens (row b's text is
+    prompts_BT[b, :prompt_lengths[b]] followed by out[b, T:]). With return_lengths, a pair
+    (that array, new_lengths int32 [B]): row b generated out[b, T:T + new_lengths[b]], which
+    ends with eos_id if the row stopped (new_lengths is A for rows that did not).
+
+  Raises:
+    ValueError: for an argument out of range (before any compute).
   """
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1.")
-  B, T = prompt_BT.shape
+  prompts_BT = np.asarray(prompts_BT)
+  lengths_B = _check_generate_args(model.config.vocab_size, prompts_BT, max_new_tokens,
+                                   prompt_lengths, temperature, top_k, top_p, eos_id)
+  B, T = prompts_BT.shape
+  opts = _Sampling(greedy=temperature == 0, top_k=top_k,
+                   uses_top_p=top_p is not None and top_p < 1, stops=eos_id is not None)
   model.init_cache(B, T + max_new_tokens)
   theta = model.config.rope_theta if rope_theta is None else rope_theta
   graphdef, state = nnx.split(model)
   try:
-    return _decode(graphdef, state, jnp.asarray(prompt_BT, jnp.int32), jax.random.key(seed),
-                   jnp.float32(theta), max_new_tokens, float(temperature))
+    tokens_BL, new_lengths_B = _decode(
+        graphdef, state, jnp.asarray(prompts_BT, jnp.int32), jnp.asarray(lengths_B),
+        jax.random.key(seed), jnp.float32(theta), jnp.float32(temperature),
+        jnp.float32(1.0 if top_p is None else top_p),
+        jnp.int32(-1 if eos_id is None else eos_id), max_new_tokens, opts)
   finally:  # decoding state is not kept after generation
     for attn in model.attention_layers():
       attn.cache_k = attn.cache_v = attn.cache_index = None
+  return (tokens_BL, new_lengths_B) if return_lengths else tokens_BL
+
+
+def _check_generate_args(vocab_size, prompts_BT, max_new_tokens, prompt_lengths, temperature,
+                         top_k, top_p, eos_id) -> np.ndarray:
+  """Raises ValueError naming the argument and the fix; returns the prompt lengths [B] int32."""
+  if prompts_BT.ndim != 2 or prompts_BT.shape[1] < 1:
+    raise ValueError(f"prompts_BT has shape {prompts_BT.shape}; expected [B,T] token ids with "
+                     "T >= 1.")
+  B, T = prompts_BT.shape
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1.")
+  if not temperature >= 0:
+    raise ValueError(f"temperature={temperature} must be >= 0 (0 is greedy decoding).")
+  for name, value in (("top_k", top_k), ("top_p", top_p)):
+    if value is not None and temperature == 0:
+      raise ValueError(f"{name}={value} only applies when sampling: pass temperature > 0, "
+                       f"or drop {name} for greedy decoding.")
+  if top_k is not None and not 1 <= top_k <= vocab_size:
+    raise ValueError(f"top_k={top_k} must be in 1..vocab_size={vocab_size} (None keeps all).")
+  if top_p is not None and not 0 < top_p <= 1:
+    raise ValueError(f"top_p={top_p} must be in (0, 1] (None or 1 keeps all).")
+  if eos_id is not None and not 0 <= eos_id < vocab_size:
+    raise ValueError(f"eos_id={eos_id} is not a token id: pass one in 0..{vocab_size - 1}.")
+  lengths_B = np.full(B, T) if prompt_lengths is None else np.asarray(prompt_lengths)
+  if lengths_B.shape != (B,) or not np.issubdtype(lengths_B.dtype, np.integer):
+    raise ValueError(f"prompt_lengths has shape {lengths_B.shape} and dtype {lengths_B.dtype};"
+                     f" expected [B]=[{B}] ints, one per row of prompts_BT.")
+  if not ((lengths_B >= 1) & (lengths_B <= T)).all():
+    raise ValueError(f"prompt_lengths={lengths_B.tolist()} must be in 1..T={T} (the prompts' "
+                     "padded length).")
+  real_BT = np.arange(T) < lengths_B[:, None]
+  if not (((prompts_BT >= 0) & (prompts_BT < vocab_size)) | ~real_BT).all():
+    raise ValueError(f"prompts_BT holds ids outside 0..{vocab_size - 1} within the prompt "
+                     "lengths: pass the model's token ids.")
+  return lengths_B.astype(np.int32)

@@ -144,6 +144,12 @@ def _project_rotate_qk_bwd(head_dim, residuals, grads):
 project_rotate_qk.defvjp(_project_rotate_qk_fwd, _project_rotate_qk_bwd)
 
 
+def _write_rows(cache_BSKH, new_BTKH, start_B):
+  """cache with row b's positions start_B[b] .. start_B[b] + T - 1 replaced by new."""
+  write = lambda c_SKH, x_TKH, i: jax.lax.dynamic_update_slice_in_dim(c_SKH, x_TKH, i, axis=0)
+  return jax.vmap(write)(cache_BSKH, new_BTKH.astype(cache_BSKH.dtype), start_B)
+
+
 @init_signature
 class SSMaxAttention(nnx.Module):
   """Multi-head (GQA) causal self-attention with RoPE and a length-scaled softmax.
@@ -213,7 +219,25 @@ class SSMaxAttention(nnx.Module):
     shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
     self.cache_k = nnx.Cache(jnp.zeros(shape, dtype))
     self.cache_v = nnx.Cache(jnp.zeros(shape, dtype))
-    self.cache_index = nnx.Cache(jnp.zeros((), jnp.int32))
+    # One index per row, so that prompts of different lengths decode at their own positions.
+    self.cache_index = nnx.Cache(jnp.zeros((batch_size,), jnp.int32))
+
+  def set_cache_lengths(self, lengths_B: ArrayLike) -> None:
+    """Sets how many positions of each row's cache are in use (`init_cache` first).
+
+    Row b's next `decode=True` call writes its keys and values at position lengths_B[b] on and
+    attends the positions before it. After a prefill of right-padded prompts, set the lengths
+    to the prompts' own: positions past them are overwritten as decoding goes on, and causal
+    masking keeps every query from attending the padding still beyond its position.
+
+    Args:
+      lengths_B: [B] int positions in use per row, each in 0..max_len.
+    """
+    if self.cache_index is None:
+      raise ValueError("set_cache_lengths needs a KV cache: call init_cache(batch_size, "
+                       "max_len) first.")
+    self.cache_index[...] = jnp.broadcast_to(
+        jnp.asarray(lengths_B, jnp.int32), self.cache_index.shape)
 
   def __call__(self, x_BTD: jax.Array, *, positions_BT: jax.Array | None = None,
                segment_ids_BT: jax.Array | None = None, rope_theta: ArrayLike | None = None,
@@ -223,7 +247,8 @@ class SSMaxAttention(nnx.Module):
     Args:
       x_BTD: [B,T,D] inputs.
       positions_BT: [B,T] int RoPE positions (default 0..T-1); packed documents restart them.
-        Ignored with decode=True (positions follow the cache).
+        Ignored with decode=True (row b's positions follow its cache index, see
+        `set_cache_lengths`).
       segment_ids_BT: [B,T] int document ids: a query attends only keys of its document, and
         n counts only those. Not supported with decode=True.
       rope_theta: RoPE's base for this call (may be traced); None is the module's.
@@ -243,8 +268,8 @@ class SSMaxAttention(nnx.Module):
         raise ValueError("decode=True needs a KV cache: call init_cache(batch_size, max_len) first.")
       if segment_ids_BT is not None:
         raise ValueError("segment_ids_BT is not supported with decode=True.")
-      start = self.cache_index[...]
-      positions_BT = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
+      start_B = self.cache_index[...]
+      positions_BT = start_B[:, None] + jnp.arange(T, dtype=jnp.int32)
     elif positions_BT is None:
       positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     heads, kv_heads = (("act_batch", "act_seq", n, "act_head_dim")
@@ -262,13 +287,11 @@ class SSMaxAttention(nnx.Module):
     if decode:
       # Keys past each query's position are excluded by the causal mask, so the unused tail
       # of the cache never counts towards n.
-      cache_k = jax.lax.dynamic_update_slice_in_dim(self.cache_k[...], k_BTKH.astype(
-          self.cache_k.dtype), start, axis=1)
-      cache_v = jax.lax.dynamic_update_slice_in_dim(self.cache_v[...], v_BTKH.astype(
-          self.cache_v.dtype), start, axis=1)
+      cache_k = _write_rows(self.cache_k[...], k_BTKH, start_B)
+      cache_v = _write_rows(self.cache_v[...], v_BTKH, start_B)
       self.cache_k[...] = cache_k
       self.cache_v[...] = cache_v
-      self.cache_index[...] = start + T
+      self.cache_index[...] = start_B + T
       k_BSKH, v_BSKH = cache_k.astype(q_BTNH.dtype), cache_v.astype(q_BTNH.dtype)
       mask_kwargs = dict(is_causal=True, query_positions=positions_BT)
     else:
