@@ -44,3 +44,10 @@ def test_train_command_line(args, code, expect):
   assert expect in out
   if code:
     assert len(out.strip().splitlines()) == 1, out  # one line, no traceback
+
+
+def test_sample_command_line():
+  r = subprocess.run([sys.executable, "-m", "experiments.sample", "--workdir=/nonexistent"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1 and r.stderr.strip() == (
+      "error: pass exactly one of --prompt=TEXT and --prompt_file=PATH.")

@@ -48,7 +48,7 @@ def test_subpackages_are_attributes_loaded_on_first_use():
 
 def test_every_console_command_has_a_main_and_a_checkout_shim():
   scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-  assert len(scripts) == 9
+  assert len(scripts) == 10
   for command, target in scripts.items():
     module, func = target.split(":")
     name = module.rsplit(".", 1)[1]
