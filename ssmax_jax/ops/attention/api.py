@@ -179,13 +179,15 @@ def dot_product_attention(
     s: SSMax's scale, a scalar or [N] (one per query head).
     b: the bias of c = s*log(n) + b (the paper's variant (d)), a scalar or [N]; needs `s`.
     logit_multiplier: c as float32 [B,T,N] (or [B,T,1]); exclusive with `s` and `b`.
-    scale: multiplies the logits; None is 1/sqrt(H).
+    scale: multiplies the logits; None is 1/sqrt(H). A finite number, or a traced scalar
+      (then applied through c).
     is_causal: query i attends keys at positions <= its query position.
     segment_ids: [B,T] ids (self-attention, S == T), or a ([B,T], [B,S]) pair of query and
       key ids; a query attends only keys with its id (packed documents).
     query_positions: [B,T] or [T] int positions of the queries for `is_causal` and
       `local_window_size` (default 0..T-1; keys are at 0..S-1), e.g. for KV-cache decoding.
-    local_window_size: (left, right), or an int for both: query at position p attends keys
+    local_window_size: (left, right) non-negative ints, or an int for both (static Python
+      or NumPy ints; sides past 2**30 are clamped): query at position p attends keys
       in [p - left, p + right].
     query_seq_lengths: [B] ints; rows at or past each length are returned as zeros.
     key_value_seq_lengths: [B] ints; keys at or past each length are not attended (padding).

@@ -131,7 +131,7 @@ def _dot_nn(a, b):  # a [M,K] . b [K,N] -> [M,N] float32
 
 def _split_rows(x_RH):
   """(x with non-finite entries zeroed, [R,1] float32: 0, or NaN on a row that had one)."""
-  finite_RH = jnp.isfinite(x_RH)
+  finite_RH = jnp.isfinite(x_RH.astype(jnp.float32))   # Mosaic's is_finite takes float32 only
   bad_R1 = jnp.max(jnp.where(finite_RH, 0.0, 1.0), axis=1, keepdims=True)
   return jnp.where(finite_RH, x_RH, 0).astype(x_RH.dtype), jnp.where(bad_R1 > 0, jnp.nan, 0.0)
 
@@ -141,7 +141,7 @@ def _split_cols(x_CH):
 
   The per-row flag is wanted along lanes; a ones [8,H] matmul moves it there (a transpose of a
   [C,1] column would need a relayout)."""
-  finite_CH = jnp.isfinite(x_CH)
+  finite_CH = jnp.isfinite(x_CH.astype(jnp.float32))   # Mosaic's is_finite takes float32 only
   bad_CH = jnp.where(finite_CH, 0.0, 1.0).astype(jnp.float32)
   count_8C = dot_nt(jnp.ones((SUBLANES, x_CH.shape[1]), jnp.float32), bad_CH,
                     jax.lax.Precision.HIGHEST)
