@@ -449,3 +449,22 @@ def test_xla_reference_on_float64_unchanged():
   q, k, v = (jnp.asarray(x) for x in _qkv(18))
   spec = masks.make_mask_spec(q.shape, k.shape, num_heads=N)
   assert reference.attention_xla(q, k, v, None, spec, scale=0.3).dtype == jnp.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
+def test_mosaic_gpu_causal_nan_stays_within_its_diagonal_block():
+  """Hopper kernel (docs/variants.md): a NaN key/value at j reaches the queries >= j and at
+  most the earlier queries of j's 128-row block; the blocks before it equal clean inputs."""
+  from ssmax_jax.ops.attention import mosaic_gpu
+  if not mosaic_gpu._on_hopper():
+    pytest.skip("needs a Hopper GPU")
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal((1, 512, 2, 64)), jnp.bfloat16) for _ in range(3))
+  c = jnp.ones((1, 512, 2), jnp.float32)
+  f = lambda k, v: mosaic_gpu.flash_attention(q, k, v, c, None, None, None, None, scale=0.125,
+                                              causal=True, window=None)
+  out_c = np.asarray(f(k, v), np.float32)
+  out_b = np.asarray(f(k.at[0, 300].set(jnp.nan), v.at[0, 300].set(jnp.nan)), np.float32)
+  assert np.isnan(out_b[0, 300:]).all()
+  np.testing.assert_array_equal(out_b[0, :256], out_c[0, :256])
