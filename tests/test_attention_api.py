@@ -23,7 +23,7 @@ CHOICES = [
     ("cpu", False, F32, 64, 256, {"is_causal": True}, False, "auto", "xla"),
     ("cpu", False, F32, 64, 256, {}, False, "pallas", "triton"),
     ("cpu", False, BF, 64, 256, {"mask": True}, False, "pallas", "error:pallas"),
-    ("cpu", False, BF, 64, 256, {}, False, "cudnn", "cudnn"),
+    ("cpu", False, BF, 64, 256, {}, False, "cudnn", "error:cudnn"),
     ("cpu", False, BF, 64, 256, {"segment_ids": True}, False, "cudnn", "error:cudnn"),
     ("gpu", True, BF, 64, 256, {"is_causal": True}, False, None, "cudnn"),
     ("gpu", True, BF, 64, 256, {"is_causal": True, "local_window_size": (16, 0)}, False, None,
@@ -54,7 +54,7 @@ CHOICES = [
     ("tpu", False, BF, 192, 256, {}, False, None, "mosaic_tpu"),
     ("tpu", False, BF, 64, 256, {"mask": True}, False, None, "xla"),
     ("tpu", False, BF, 64, 256, {}, True, "pallas", "error:pallas"),
-    ("tpu", False, BF, 64, 256, {}, False, "cudnn", "cudnn"),
+    ("tpu", False, BF, 64, 256, {}, False, "cudnn", "error:cudnn"),
 ]
 
 

@@ -14,10 +14,12 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from ssmax_jax.ops import _dispatch
 from ssmax_jax.ops.attention import masks, variants
+from ssmax_jax.ops.attention.masks import is_traced
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
 """The backend names `dot_product_attention(implementation=...)` takes (None or 'auto' too)."""
@@ -48,10 +50,20 @@ _BACKENDS = _Backends()
 
 
 def _check_qkv(query, key, value):
+  """Ranks, shapes and the dtype policy: q, k, v floating and of one dtype."""
   for name, x in (("query", query), ("key", key), ("value", value)):
     if jnp.ndim(x) != 4:
       raise ValueError(f"{name} has shape {jnp.shape(x)}; expected rank 4 "
                        f"({'[B,T,N,H]' if name == 'query' else '[B,S,K,H]'}).")
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(f"{name} has dtype {dtype}; attention takes floating inputs (bfloat16, "
+                       f"float16, float32, or float64 with x64 enabled): cast it, e.g. "
+                       f"{name}.astype(jnp.float32).")
+  if not jnp.result_type(query) == jnp.result_type(key) == jnp.result_type(value):
+    raise ValueError(f"query, key and value have dtypes {jnp.result_type(query)}, "
+                     f"{jnp.result_type(key)}, {jnp.result_type(value)}; they must share one: "
+                     "cast them to the same dtype.")
   B, T, N, H = query.shape
   if key.shape != value.shape:
     raise ValueError(f"key {key.shape} and value {value.shape} must have the same shape [B,S,K,H].")
@@ -59,8 +71,37 @@ def _check_qkv(query, key, value):
     raise ValueError(f"key/value batch {key.shape[0]} != query batch {B}; they must match.")
   if key.shape[3] != H:
     raise ValueError(f"key/value head dim {key.shape[3]} != query head dim {H}; they must match.")
+  if key.shape[2] == 0:
+    raise ValueError("key/value have 0 heads; they need K >= 1 (and N % K == 0).")
   if N % key.shape[2]:
     raise ValueError(f"query has {N} heads and key/value {key.shape[2]}: N % K must be 0 (GQA).")
+
+
+def _check_real(name, x):
+  """x must be real numbers (float or int), not bool, complex or anything else."""
+  if x is None:
+    return None
+  dtype = jnp.result_type(x) if is_traced(x) or hasattr(x, "dtype") else np.asarray(x).dtype
+  if dtype == bool or not (jnp.issubdtype(dtype, jnp.floating)
+                           or jnp.issubdtype(dtype, jnp.integer)):
+    raise ValueError(f"{name} has dtype {dtype}; it must hold real numbers (a float or int "
+                     "array or scalar).")
+  return x
+
+
+def _check_scale(scale, head_dim):
+  """(static float scale, traced scale or None): a traced scale rides on the multiplier c."""
+  if scale is None:
+    return 1.0 / math.sqrt(head_dim) if head_dim else 1.0, None
+  _check_real("scale", scale)
+  if jnp.ndim(scale) != 0:
+    raise ValueError(f"scale has shape {jnp.shape(scale)}; it must be a scalar.")
+  if is_traced(scale):
+    return 1.0, scale
+  value = float(np.asarray(scale))
+  if not math.isfinite(value):
+    raise ValueError(f"scale={value}; it must be a finite number (None: 1/sqrt(head dim)).")
+  return value, None
 
 
 def _check_c_args(s, b, logit_multiplier):
@@ -138,13 +179,15 @@ def dot_product_attention(
     s: SSMax's scale, a scalar or [N] (one per query head).
     b: the bias of c = s*log(n) + b (the paper's variant (d)), a scalar or [N]; needs `s`.
     logit_multiplier: c as float32 [B,T,N] (or [B,T,1]); exclusive with `s` and `b`.
-    scale: multiplies the logits; None is 1/sqrt(H).
+    scale: multiplies the logits; None is 1/sqrt(H). A finite number, or a traced scalar
+      (then applied through c).
     is_causal: query i attends keys at positions <= its query position.
     segment_ids: [B,T] ids (self-attention, S == T), or a ([B,T], [B,S]) pair of query and
       key ids; a query attends only keys with its id (packed documents).
     query_positions: [B,T] or [T] int positions of the queries for `is_causal` and
       `local_window_size` (default 0..T-1; keys are at 0..S-1), e.g. for KV-cache decoding.
-    local_window_size: (left, right), or an int for both: query at position p attends keys
+    local_window_size: (left, right) non-negative ints, or an int for both (static Python
+      or NumPy ints; sides past 2**30 are clamped): query at position p attends keys
       in [p - left, p + right].
     query_seq_lengths: [B] ints; rows at or past each length are returned as zeros.
     key_value_seq_lengths: [B] ints; keys at or past each length are not attended (padding).
@@ -158,31 +201,50 @@ def dot_product_attention(
     ValueError: on any inconsistent shape, dtype or argument, before any compute.
   """
   _check_qkv(query, key, value)
+  query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
   B, T, N, H = query.shape
+  S = key.shape[1]
   spec = masks.make_mask_spec(
       query.shape, key.shape, mask, is_causal=is_causal, segment_ids=segment_ids,
       query_positions=query_positions, local_window_size=local_window_size,
       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
       num_heads=N)
   if bias is not None:
-    bias = jnp.asarray(bias)
+    bias = jnp.asarray(_check_real("bias", bias))
     try:
-      jnp.broadcast_shapes(bias.shape, (B, N, T, key.shape[1]))
+      jnp.broadcast_shapes(bias.shape, (B, N, T, S))
     except ValueError:
       raise ValueError(f"bias has shape {bias.shape}, not broadcastable to [B,N,T,S]="
-                       f"{[B, N, T, key.shape[1]]}.") from None
+                       f"{[B, N, T, S]}.") from None
+  for name, x in (("s", s), ("b", b), ("logit_multiplier", logit_multiplier)):
+    _check_real(name, x)
   _check_c_args(s, b, logit_multiplier)
+  scale, traced_scale = _check_scale(scale, H)
+  if query.size == 0 or S == 0:
+    # Nothing to attend (or nobody asking): zeros of the right shape, as for a query with no
+    # key; the multiplier arguments are still checked against the shapes.
+    _multiplier(spec, N, s, b, logit_multiplier, jnp.zeros((B, T), jnp.int32))
+    _dispatch.normalize("attention", implementation, IMPLEMENTATIONS)
+    return jnp.zeros(query.shape, query.dtype)
   default_positions = query_positions is None
   impl = _choose(implementation, query, key, spec, bias, default_positions)
   # n serves s (and b) and cuDNN's zeroing of empty rows: counted once, only if needed.
   zeroes_empty_rows = impl == "cudnn" and not masks.every_query_attends(spec)
   n = masks.counts_from_spec(spec) if (s is not None or zeroes_empty_rows) else None
   c = _multiplier(spec, N, s, b, logit_multiplier, n)
-  scale = 1.0 / math.sqrt(H) if scale is None else float(scale)
+  if traced_scale is not None:  # the backends take scale as a Python float; c is an array
+    c = ((jnp.ones((B, T, N), jnp.float32) if c is None else c) * traced_scale).astype(
+        jnp.float32)
+  if spec.q_valid_B is not None:
+    # Rows past the query lengths are dropped: zero them on the way in too, so that whatever
+    # they hold (NaN included) reaches no gradient of k or v.
+    valid_BT = jnp.arange(T)[None, :] < spec.q_valid_B[:, None]
+    query = jnp.where(valid_BT[:, :, None, None], query, 0).astype(query.dtype)
+    if c is not None:
+      c = jnp.where(valid_BT[:, :, None], c, 0)
   out = _run(impl, query, key, value, c, spec, scale=scale, bias=bias, n=n,
              default_positions=default_positions)
   if spec.q_valid_B is not None:
-    valid_BT = jnp.arange(T)[None, :] < spec.q_valid_B[:, None]
     out = jnp.where(valid_BT[:, :, None, None], out, 0).astype(out.dtype)
   return out
 

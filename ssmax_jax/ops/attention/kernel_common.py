@@ -27,3 +27,14 @@ def dot_nt(a, b, precision):  # a [M,K] . b [N,K]^T -> [M,N] float32
 def dot_nn(a, b, precision):  # a [M,K] . b [K,N] -> [M,N] float32
   return lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=precision,
                          preferred_element_type=jnp.float32)
+
+
+def split_nonfinite(x_RH):
+  """(x with its non-finite entries zeroed, [R] float32: 0, or NaN for a row that had one).
+
+  Masked pairs must not see a NaN or inf of a row they do not attend: a zero probability times
+  NaN is NaN inside the matmul. The kernels multiply clean rows and add the NaN back only to the
+  logits (or logit gradients) of the pairs that do attend the row."""
+  finite = jnp.isfinite(x_RH)
+  poison = jnp.where(finite.all(axis=-1), 0.0, jnp.nan).astype(jnp.float32)
+  return jnp.where(finite, x_RH, jnp.zeros_like(x_RH)), poison

@@ -6,8 +6,12 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 QUERY_CHUNK = 512  # counts with segments or a dense mask are taken this many queries at a time
+# Window sides and query positions stay below 2**30, so position +- window never overflows int32;
+# a side this long already reaches every key of any sequence shorter than 2**30.
+POSITION_LIMIT = 2 ** 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,13 +35,78 @@ class MaskSpec:
     return self.q_seg_BT is None and self.mask_BNTS is None
 
 
-def _int_array(name, x, shape, fix):
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.integer):
+def is_traced(x) -> bool:
+  """True for a value only known when the computation runs (a jit/vmap/grad tracer)."""
+  return isinstance(x, jax.core.Tracer)
+
+
+def _static_error(name, x):
+  return ValueError(
+      f"{name} is a traced value ({type(x).__name__}); it must be a static Python value, known "
+      f"when the call is traced: pass it as a Python constant, or mark it static "
+      f"(jax.jit(..., static_argnames=...)).")
+
+
+def static_bool(name, x) -> bool:
+  """x as a bool: Python or NumPy bools only (a string or a number is more likely a mistake)."""
+  if is_traced(x):
+    raise _static_error(name, x)
+  if isinstance(x, (bool, np.bool_)) or (isinstance(x, np.ndarray) and x.shape == ()
+                                         and x.dtype == np.bool_):
+    return bool(x)
+  raise ValueError(f"{name}={x!r} ({type(x).__name__}); it must be a bool: pass True or False.")
+
+
+def check_window(w) -> tuple[int, int] | None:
+  """local_window_size as (left, right) Python ints, each side clamped to POSITION_LIMIT."""
+  if w is None:
+    return None
+  if is_traced(w):
+    raise _static_error("local_window_size", w)
+  if isinstance(w, (np.ndarray, jax.Array)) and w.ndim <= 1:
+    w = np.asarray(w).tolist()
+  sides = tuple(w) if isinstance(w, (tuple, list)) else (w, w)
+  fix = ("local_window_size must be an int or a pair (left, right) of non-negative ints, "
+         "e.g. 3 or (3, 0)")
+  if len(sides) != 2:
+    raise ValueError(f"local_window_size={w!r} has {len(sides)} entries; {fix}.")
+  out = []
+  for side in sides:
+    if is_traced(side):
+      raise _static_error("local_window_size", side)
+    if isinstance(side, (bool, np.bool_)) or not isinstance(side, (int, np.integer)):
+      raise ValueError(f"local_window_size={w!r} has a {type(side).__name__} side; {fix}.")
+    if side < 0:
+      raise ValueError(f"local_window_size={w!r} has a negative side; {fix}.")
+    out.append(min(int(side), POSITION_LIMIT))
+  return tuple(out)
+
+
+def _check_range(name, x, lo, hi, fix):
+  """A concrete int array's values must lie in [lo, hi); traced values cannot be checked."""
+  if is_traced(x) or x.size == 0:
+    return
+  xn = np.asarray(x)
+  if xn.min() < lo or (hi is not None and xn.max() >= hi):
+    bound = f"[{lo}, {hi})" if hi is not None else f">= {lo}"
+    raise ValueError(f"{name} has values in [{xn.min()}, {xn.max()}]; they must be {bound}. "
+                     f"{fix}")
+
+
+def _int_array(name, x, shape, fix, lo=None, hi=None):
+  if is_traced(x) or isinstance(x, jax.Array):
+    x = jnp.asarray(x)
+  else:
+    x = np.asarray(x)  # checked on the host: no device round trip for concrete inputs
+  if not jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == bool:
     raise ValueError(f"{name} has dtype {x.dtype}; it must be an integer array. {fix}")
   if x.shape != shape:
     raise ValueError(f"{name} has shape {x.shape}; expected {shape}. {fix}")
-  return x.astype(jnp.int32)
+  if lo is not None:
+    _check_range(name, x, lo, hi, fix)
+    if isinstance(x, np.ndarray) and hi is None:  # a length past int32 means "all of them"
+      x = np.minimum(x, np.iinfo(np.int32).max)
+  return jnp.asarray(x).astype(jnp.int32)
 
 
 def make_mask_spec(query_shape, key_shape, mask=None, *, is_causal=False, segment_ids=None,
@@ -49,13 +118,16 @@ def make_mask_spec(query_shape, key_shape, mask=None, *, is_causal=False, segmen
   if key_shape[0] != B:
     raise ValueError(f"key has batch {key_shape[0]} but query has batch {B}; they must match.")
 
+  if T > POSITION_LIMIT or S > POSITION_LIMIT:
+    raise ValueError(f"T={T}, S={S}: sequences must be shorter than 2**30.")
   if query_positions is None:
     q_pos = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
   else:
-    qp = jnp.asarray(query_positions)
+    qp = query_positions if is_traced(query_positions) else np.asarray(query_positions)
     if qp.ndim == 1:
-      qp = jnp.broadcast_to(qp, (B,) + qp.shape)
-    q_pos = _int_array("query_positions", qp, (B, T), "Pass [B,T] or [T] integer positions.")
+      qp = (jnp if is_traced(qp) else np).broadcast_to(qp, (B,) + qp.shape)
+    q_pos = _int_array("query_positions", qp, (B, T), "Pass [B,T] or [T] integer positions "
+                       "(keys sit at 0..S-1).", lo=0, hi=POSITION_LIMIT)
 
   q_seg = kv_seg = None
   if segment_ids is not None:
@@ -71,22 +143,15 @@ def make_mask_spec(query_shape, key_shape, mask=None, *, is_causal=False, segmen
     q_seg = _int_array("segment_ids (query ids)", q_seg, (B, T), "Query ids are [B,T].")
     kv_seg = _int_array("segment_ids (kv ids)", kv_seg, (B, S), "Key/value ids are [B,S].")
 
-  window = None
-  if local_window_size is not None:
-    w = local_window_size
-    left, right = (w, w) if isinstance(w, int) else tuple(w)
-    if left < 0 or right < 0:
-      raise ValueError(f"local_window_size={local_window_size} has a negative side; each side"
-                       " (left, right) must be >= 0.")
-    window = (int(left), int(right))
+  window = check_window(local_window_size)
 
   kv_len = q_valid = None
   if key_value_seq_lengths is not None:
     kv_len = _int_array("key_value_seq_lengths", key_value_seq_lengths, (B,),
-                        "Pass one length per batch row.")
+                        "Pass one length >= 0 per batch row.", lo=0)
   if query_seq_lengths is not None:
     q_valid = _int_array("query_seq_lengths", query_seq_lengths, (B,),
-                         "Pass one length per batch row.")
+                         "Pass one length >= 0 per batch row.", lo=0)
 
   mask_BNTS = None
   if mask is not None:
@@ -103,8 +168,8 @@ def make_mask_spec(query_shape, key_shape, mask=None, *, is_causal=False, segmen
                          f"[B,N,T,S]=[{B},{n},{T},{S}] (dimension {name}).")
     mask_BNTS = m
 
-  return MaskSpec(B, T, S, q_pos, q_seg, kv_seg, kv_len, q_valid, bool(is_causal), window,
-                  mask_BNTS)
+  return MaskSpec(B, T, S, q_pos, q_seg, kv_seg, kv_len, q_valid,
+                  static_bool("is_causal", is_causal), window, mask_BNTS)
 
 
 def allowed_BNTS(spec: MaskSpec, q_pos_BT=None, kv_idx_S=None) -> jax.Array:
@@ -151,6 +216,9 @@ def every_query_attends(spec: MaskSpec) -> bool:
 
 def counts_from_spec(spec: MaskSpec) -> jax.Array:
   """n: int32 [B,T], or [B,T,N] when a dense mask differs between heads."""
+  if spec.q_len == 0 or spec.kv_len == 0:  # nothing to count (and no chunk to count it in)
+    heads = 1 if spec.mask_BNTS is None else spec.mask_BNTS.shape[1]
+    return jnp.zeros((spec.batch, spec.q_len) + ((heads,) if heads > 1 else ()), jnp.int32)
   if spec.only_intervals:
     p = spec.q_pos_BT
     lo = jnp.zeros_like(p)

@@ -27,6 +27,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from ssmax_jax.ops.attention import tuning
+from ssmax_jax.ops.attention.masks import POSITION_LIMIT
 from ssmax_jax.ops.attention.kernel_common import block_ranges, dot_nn, dot_nt
 
 LANES = 128
@@ -126,6 +127,26 @@ def _dot_nt(a, b):  # a [M,H] . b [N,H] -> [M,N] float32
 
 def _dot_nn(a, b):  # a [M,K] . b [K,N] -> [M,N] float32
   return dot_nn(a, b, _precision(a.dtype))
+
+
+def _split_rows(x_RH):
+  """(x with non-finite entries zeroed, [R,1] float32: 0, or NaN on a row that had one)."""
+  finite_RH = jnp.isfinite(x_RH.astype(jnp.float32))   # Mosaic's is_finite takes float32 only
+  bad_R1 = jnp.max(jnp.where(finite_RH, 0.0, 1.0), axis=1, keepdims=True)
+  return jnp.where(finite_RH, x_RH, 0).astype(x_RH.dtype), jnp.where(bad_R1 > 0, jnp.nan, 0.0)
+
+
+def _split_cols(x_CH):
+  """(x with non-finite entries zeroed, [1,C] float32: 0, or NaN for a row of x that had one).
+
+  The per-row flag is wanted along lanes; a ones [8,H] matmul moves it there (a transpose of a
+  [C,1] column would need a relayout)."""
+  finite_CH = jnp.isfinite(x_CH.astype(jnp.float32))   # Mosaic's is_finite takes float32 only
+  bad_CH = jnp.where(finite_CH, 0.0, 1.0).astype(jnp.float32)
+  count_8C = dot_nt(jnp.ones((SUBLANES, x_CH.shape[1]), jnp.float32), bad_CH,
+                    jax.lax.Precision.HIGHEST)
+  return (jnp.where(finite_CH, x_CH, 0).astype(x_CH.dtype),
+          jnp.where(count_8C[0:1] > 0, jnp.nan, 0.0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,7 +315,9 @@ def _fwd_kernel(*refs, cfg):
     z_RC = _dot_nt(q_RH, k_CH) * jnp.tile(cs_RW, (1, reps))
     ok_RC = _allowed_RC(cfg, b, j, sc, *side_refs) if masked else None
     if ok_RC is not None:
-      z_RC = jnp.where(ok_RC, z_RC, MASKED)
+      # p @ v sees clean rows of v; a bad row's NaN goes to the logits that attend it.
+      v_CH, v_bad_1C = _split_cols(v_CH)
+      z_RC = jnp.where(ok_RC, z_RC + v_bad_1C, MASKED)
     m_prev_RW = m_ref[...]
     m_next_RW = jnp.maximum(m_prev_RW, z_RC.max(axis=1, keepdims=True))
     p_RC = jnp.exp(z_RC - jnp.tile(m_next_RW, (1, reps)))
@@ -311,7 +334,7 @@ def _fwd_kernel(*refs, cfg):
   @pl.when(j == nk - 1)
   def _finish():
     l_RW = l_ref[...]
-    attends_RW = l_RW > 0.0
+    attends_RW = l_RW != 0.0  # a NaN row (it attends a NaN) stays NaN, not zeros
     safe_l_RW = jnp.where(attends_RW, l_RW, 1.0)
     o_ref[0, 0] = acc_ref[...] * _tile_lanes(jnp.where(attends_RW, 1.0 / safe_l_RW, 0.0), H)
     # +inf for a query with no key: exp(z - lse) is then 0 in the backward.
@@ -345,22 +368,29 @@ def _forward(cfg, q_BNTH, k_BKSH, v_BKSH, c_BNTW, ids, sc):
 # G query heads of a kv head and over query blocks).
 
 
-def _probs_RC(cfg, b, j, sc, side_refs, masked, q_RH, k_CH, cs_RW, lse_RW):
-  """(probabilities, q.k before the multiplier) of one block pair, both float32 [Tq,Tk]."""
+def _block_probs(cfg, b, j, sc, side_refs, masked, q_ref, k_ref, v_ref, do_ref, c_ref, lse_ref,
+                 clean):
+  """A block pair's q, k, v, dO, multiplier * scale, element mask (None: unmasked),
+  probabilities and q.k before the multiplier: both kernels' backward step starts here.
+
+  On a masked pair the operand `clean` ('k' or 'q') that the step multiplies by a zero-filled
+  gradient comes back with non-finite entries zeroed, and its rows' NaN added to the allowed
+  probabilities (0 * NaN in that matmul would reach every row of the block)."""
   reps = cfg.block_k // LANES
-  qk_RC = _dot_nt(q_RH, k_CH)
-  p_RC = jnp.exp(qk_RC * jnp.tile(cs_RW, (1, reps)) - jnp.tile(lse_RW, (1, reps)))
-  ok_RC = _allowed_RC(cfg, b, j, sc, *side_refs) if masked else None
-  return (p_RC if ok_RC is None else jnp.where(ok_RC, p_RC, 0.0)), qk_RC
-
-
-def _block_probs(cfg, b, j, sc, side_refs, masked, q_ref, k_ref, v_ref, do_ref, c_ref, lse_ref):
-  """A block pair's q, k, v, dO, multiplier * scale and (probabilities, q.k): both kernels'
-  backward step starts here."""
   q_RH, k_CH, v_CH, do_RH = q_ref[0, 0], k_ref[0, 0], v_ref[0, 0], do_ref[0, 0]
   cs_RW = c_ref[0, 0] * cfg.scale
-  p_RC, qk_RC = _probs_RC(cfg, b, j, sc, side_refs, masked, q_RH, k_CH, cs_RW, lse_ref[0, 0])
-  return q_RH, k_CH, v_CH, do_RH, cs_RW, p_RC, qk_RC
+  ok_RC = _allowed_RC(cfg, b, j, sc, *side_refs) if masked else None
+  bad = None
+  if ok_RC is not None:
+    if clean == "k":
+      k_CH, bad = _split_cols(k_CH)
+    else:
+      q_RH, bad = _split_rows(q_RH)
+  qk_RC = _dot_nt(q_RH, k_CH)
+  p_RC = jnp.exp(qk_RC * jnp.tile(cs_RW, (1, reps)) - jnp.tile(lse_ref[0, 0], (1, reps)))
+  if ok_RC is not None:
+    p_RC = jnp.where(ok_RC, p_RC + bad, 0.0)
+  return q_RH, k_CH, v_CH, do_RH, cs_RW, ok_RC, p_RC, qk_RC
 
 
 def _dq_kernel(*refs, cfg):
@@ -379,10 +409,12 @@ def _dq_kernel(*refs, cfg):
     dc_acc_ref[...] = jnp.zeros(dc_acc_ref.shape, jnp.float32)
 
   def step(masked):
-    _, k_CH, v_CH, do_RH, _, p_RC, qk_RC = _block_probs(
-        cfg, b, j, sc, side_refs, masked, q_ref, k_ref, v_ref, do_ref, c_ref, lse_ref)
+    _, k_CH, v_CH, do_RH, _, ok_RC, p_RC, qk_RC = _block_probs(
+        cfg, b, j, sc, side_refs, masked, q_ref, k_ref, v_ref, do_ref, c_ref, lse_ref, "k")
     dp_RC = _dot_nt(do_RH, v_CH)
     dz_RC = p_RC * (dp_RC - jnp.tile(di_ref[0, 0], (1, reps)))  # d loss / d logit
+    if ok_RC is not None:  # dO . v is NaN on a bad row of v, masked or not
+      dz_RC = jnp.where(ok_RC, dz_RC, 0.0)
     dq_acc_ref[...] += _dot_nn(dz_RC.astype(k_CH.dtype), k_CH)
     # dc from the float32 products, not from dQ: dQ's matmul rounds dz to k's dtype, and dc is
     # a sum of terms that cancel (each row of dz sums to zero).
@@ -412,11 +444,13 @@ def _dkv_kernel(*refs, cfg):
     dv_acc_ref[...] = jnp.zeros(dv_acc_ref.shape, jnp.float32)
 
   def step(masked):
-    q_RH, _, v_CH, do_RH, cs_RW, p_RC, _ = _block_probs(
-        cfg, b, j, sc, side_refs, masked, q_ref, k_ref, v_ref, do_ref, c_ref, lse_ref)
+    q_RH, _, v_CH, do_RH, cs_RW, ok_RC, p_RC, _ = _block_probs(
+        cfg, b, j, sc, side_refs, masked, q_ref, k_ref, v_ref, do_ref, c_ref, lse_ref, "q")
     dv_acc_ref[...] += _dot_nn(p_RC.T.astype(do_RH.dtype), do_RH)
     dp_RC = _dot_nt(do_RH, v_CH)
     ds_RC = p_RC * (dp_RC - jnp.tile(di_ref[0, 0], (1, reps))) * jnp.tile(cs_RW, (1, reps))
+    if ok_RC is not None:  # dO . v is NaN on a bad row of v, masked or not
+      ds_RC = jnp.where(ok_RC, ds_RC, 0.0)
     dk_acc_ref[...] += _dot_nn(ds_RC.T.astype(q_RH.dtype), q_RH)
 
   _when_block(cfg, sc, b, i, j, nq, nk, step)
@@ -521,6 +555,8 @@ def kernel_reason(q_BTNH, k_BSKH, v_BSKH, c_BTN, q_pos_BT, q_seg_BT, kv_seg_BS, 
     return f"k/v {k_BSKH.shape} must share batch and head dim with q {q_BTNH.shape}."
   if N % K:
     return f"q has {N} heads, k/v {K}: N % K must be 0 (GQA)."
+  if q_BTNH.dtype == jnp.float64:
+    return "float64 inputs: the kernels compute in float32; use the 'xla' backend."
   if H > LANES and H % LANES:
     return f"head dim {H} is over {LANES} and not a multiple of it; pad it to one."
   if c_BTN.shape != (B, T, N):
@@ -544,7 +580,9 @@ def kernel_reason(q_BTNH, k_BSKH, v_BSKH, c_BTN, q_pos_BT, q_seg_BT, kv_seg_BS, 
 def unsupported_reason(*, query, key, spec, bias, default_positions, platform):
   """Why the op cannot hand this call to the TPU kernels (None when it can); the kernel's own
   argument checks (kernel_reason) raise when it runs."""
-  del query, key, default_positions, platform
+  del key, default_positions, platform
+  if query.dtype == jnp.float64:
+    return "float64 (the kernels compute in float32; 'xla' computes float64)"
   if bias is not None or spec.mask_BNTS is not None:
     return ("no dense mask or bias (express the mask with is_causal/segment_ids/"
             "local_window_size/lengths, or use 'xla')")
@@ -573,9 +611,8 @@ def flash_attention(q_BTNH, k_BSKH, v_BSKH, c_BTN, q_pos_BT, q_seg_BT, kv_seg_BS
   Tp, Sp = pl.cdiv(T, block_q) * block_q, pl.cdiv(S, block_k) * block_k
   if window is not None:
     left, right = (window, window) if isinstance(window, int) else window
-    # Clipping to +-(S+T) keeps position arithmetic inside int32 and does not change the mask.
-    clip = lambda x: max(min(int(x), S + T), -(S + T))
-    window = (clip(left), clip(right))
+    # Sides past masks.POSITION_LIMIT reach every key already; clipping keeps pos +- side in int32.
+    window = (min(int(left), POSITION_LIMIT), min(int(right), POSITION_LIMIT))
   if interpret is True:
     interpret = pltpu.InterpretParams()
   cfg = _Static(scale=float(scale), causal=bool(causal), window=window, block_q=block_q,

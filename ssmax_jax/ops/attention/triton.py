@@ -21,7 +21,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from ssmax_jax.ops.attention import tuning
-from ssmax_jax.ops.attention.kernel_common import LOG2E, block_ranges, dot_nn, dot_nt
+from ssmax_jax.ops.attention.kernel_common import (LOG2E, block_ranges, dot_nn, dot_nt,
+                                                   split_nonfinite)
 
 _F32 = jnp.float32
 
@@ -153,7 +154,9 @@ def _fwd_kernel(bounds_ref, q_ref, k_ref, v_ref, c_ref, pos_ref, *refs, scale, c
       j = start + lax.broadcasted_iota(jnp.int32, (block_k,), 0)
       kvseg = kvseg_ref[pl.ds(start, block_k)] if has_seg else None
       ok = _allowed(pos, j, kv_len, qseg, kvseg, causal=causal, window=window)
-      z = jnp.where(ok, z, -jnp.inf)
+      # p @ v sees clean rows of v; a bad row's NaN goes to the logits that attend it.
+      v, v_bad = split_nonfinite(v)
+      z = jnp.where(ok, z + v_bad[None, :], -jnp.inf)
     m_new = jnp.maximum(m, z.max(-1))
     # A row with nothing attended yet keeps m = -inf; shift it by 0 so exp2 gives 0, not NaN.
     m_ref = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
@@ -166,7 +169,7 @@ def _fwd_kernel(bounds_ref, q_ref, k_ref, v_ref, c_ref, pos_ref, *refs, scale, c
   carry = (jnp.zeros((block_q, head_dim), _F32), jnp.full((block_q,), -jnp.inf, _F32),
            jnp.zeros((block_q,), _F32))
   acc, m, l = _three_loops(bounds_ref, body, carry)
-  seen = l > 0
+  seen = l != 0   # a NaN row (it attends a NaN) stays NaN, not zeros
   o = acc / jnp.where(seen, l, 1.0)[:, None]
   o_ref[...] = jnp.where(seen[:, None], o, 0.0).astype(o_ref.dtype)
   # +inf for rows that attend nothing: the backward's exp2(z - lse) is then 0 everywhere.
@@ -192,14 +195,16 @@ def _dq_kernel(bounds_ref, q_ref, k_ref, v_ref, c_ref, pos_ref, do_ref, lse_ref,
     start = pl.multiple_of(jb * block_k, block_k)
     k = k_ref[pl.ds(start, block_k), :]
     v = v_ref[pl.ds(start, block_k), :]
+    if masked:  # dz @ k sees clean rows of k; masked pairs select 0 (dot(do, v) may be NaN)
+      k, k_bad = split_nonfinite(k)
     s = dot_nt(q, k, precision)
     p = jnp.exp2(s * r[:, None] - lse[:, None])
+    dz = p * (dot_nt(do, v, precision) - delta[:, None])   # d loss / d logit
     if masked:
       j = start + lax.broadcasted_iota(jnp.int32, (block_k,), 0)
       kvseg = kvseg_ref[pl.ds(start, block_k)] if has_seg else None
       ok = _allowed(pos, j, kv_len, qseg, kvseg, causal=causal, window=window)
-      p = jnp.where(ok, p, 0.0)
-    dz = p * (dot_nt(do, v, precision) - delta[:, None])   # d loss / d logit
+      dz = jnp.where(ok, dz + k_bad[None, :], 0.0)
     dq = dq + dot_nn(dz.astype(k.dtype), k, precision)
     dc = dc + (dz * s).sum(-1)
     return dq, dc
@@ -229,14 +234,18 @@ def _dkdv_kernel(bounds_ref, q_ref, k_ref, v_ref, c_ref, pos_ref, do_ref, lse_re
     c = c_ref[rows]
     lse = lse_ref[rows]
     delta = delta_ref[rows]
+    if masked:  # dzT @ q sees clean rows of q; a bad row's NaN goes to the pairs attending it
+      q, q_bad = split_nonfinite(q)
     sT = dot_nt(k, q, precision)                               # [bk,bq]
     pT = jnp.exp2(sT * (c * (scale * LOG2E))[None, :] - lse[None, :])
     if masked:
       qseg = qseg_ref[rows] if has_seg else None
       ok = _allowed(pos_ref[rows], j, kv_len, qseg, kvseg, causal=causal, window=window)
-      pT = jnp.where(ok.T, pT, 0.0)
+      pT = jnp.where(ok.T, pT + q_bad[None, :], 0.0)
     dv = dv + dot_nn(pT.astype(do.dtype), do, precision)
     dzT = pT * (dot_nt(v, do, precision) - delta[None, :])
+    if masked:  # dot(v, do) is NaN on a bad row of v, masked or not
+      dzT = jnp.where(ok.T, dzT, 0.0)
     dk = dk + dot_nn((dzT * c[None, :]).astype(q.dtype), q, precision)
     return dk, dv
 
@@ -422,7 +431,9 @@ def _pad_axis(x, axis, size, mode="constant"):
 def kernel_reason(q_BTNH, k_BSKH, v_BSKH, c_BTN, q_pos_BT, q_seg_BT, kv_seg_BS, kv_len_B, *,
                   window, settings):
   """Why these kernel-contract arguments are invalid here (None when the kernel takes them)."""
-  del q_BTNH, k_BSKH, v_BSKH, c_BTN, q_pos_BT, kv_len_B, window, settings
+  del k_BSKH, v_BSKH, c_BTN, q_pos_BT, kv_len_B, window, settings
+  if q_BTNH.dtype == jnp.float64:
+    return "float64 inputs: the kernels compute in float32; use the 'xla' backend."
   if (q_seg_BT is None) != (kv_seg_BS is None):
     return "q_seg_BT and kv_seg_BS must both be given or both be None."
   return None
@@ -430,7 +441,9 @@ def kernel_reason(q_BTNH, k_BSKH, v_BSKH, c_BTN, q_pos_BT, q_seg_BT, kv_seg_BS, 
 
 def unsupported_reason(*, query, key, spec, bias, default_positions, platform):
   """Why the op cannot hand this call to the Triton kernels (None when it can)."""
-  del query, key, default_positions, platform
+  del key, default_positions, platform
+  if query.dtype == jnp.float64:
+    return "float64 (the kernels compute in float32; 'xla' computes float64)"
   if bias is not None or spec.mask_BNTS is not None:
     return ("no dense mask or bias (express the mask with is_causal/segment_ids/"
             "local_window_size/lengths, or use 'xla')")
