@@ -292,10 +292,17 @@ def test_jax_cudnn_check_refuses_odd_lengths_with_a_mask_on_cpu():
   k = jax.ShapeDtypeStruct((2, 513, 2, 64), jnp.bfloat16)
   with pytest.raises(NotImplementedError, match="Unsupported sequence length Q 300, KV 513"):
     fused.check_is_flash_attention(q, k, k, fused.AttentionLayout.BTNH.value, 90000, True, True)
-  spec = masks.make_mask_spec(q.shape, k.shape, np.ones((300, 513), bool), num_heads=4)
-  reason = cudnn.unsupported_reason(query=q, key=k, spec=spec, bias=None,
-                                    default_positions=True, platform="gpu")
-  assert "Unsupported sequence length" in reason
+  # A dense mask, padding by lengths, or neither: jax's training path counts its placeholder
+  # bias as a bias, so each of them fails on the GPU (the lengths case did, on an H200).
+  for kw in (dict(mask=np.ones((300, 513), bool)), dict(key_value_seq_lengths=[513, 400]), {}):
+    spec = masks.make_mask_spec(q.shape, k.shape, num_heads=4, **kw)
+    reason = cudnn.unsupported_reason(query=q, key=k, spec=spec, bias=None,
+                                      default_positions=True, platform="gpu")
+    assert "Unsupported sequence length" in reason, kw
+  even = jax.ShapeDtypeStruct((2, 512, 2, 64), jnp.bfloat16)
+  spec = masks.make_mask_spec(even.shape, even.shape, num_heads=2, is_causal=True)
+  assert cudnn.unsupported_reason(query=even, key=even, spec=spec, bias=None,
+                                  default_positions=True, platform="gpu") is None
 
 
 def test_default_choice_passes_cudnn_over_where_its_check_refuses(monkeypatch):

@@ -28,8 +28,10 @@ def _jax_refusal(query, key, spec, bias):
   try:
     fused.check_layout(query, key, value, bias_shape, None, None, None, None, None, None,
                        fused.AttentionLayout.BTNH)
+    # has_bias=True: for training, jax passes a zero-size placeholder where there is no bias,
+    # and its own check then counts it as one (odd T or S fails even without a mask).
     fused.check_is_flash_attention(query, key, value, fused.AttentionLayout.BTNH.value,
-                                   version, has_bias, True)
+                                   version, True, True)
   except (NotImplementedError, ValueError) as e:
     return f"jax's cuDNN check: {e}"
   return None
