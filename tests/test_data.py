@@ -40,7 +40,7 @@ def text_dir(tmp_path_factory):
 def prepared(text_dir, tmp_path_factory):
   """Byte-tokenised corpus of TEXTS, all in train."""
   out = tmp_path_factory.mktemp('prepared')
-  data.prepare_text_files(str(text_dir / '**' / '*.txt'), 'byte', str(out))
+  data.prepare_text_files(str(text_dir / '**' / '*.txt'), 'byte', str(out), val_fraction=0.0)
   return str(out)
 
 

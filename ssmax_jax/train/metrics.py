@@ -1,6 +1,10 @@
 """Training metrics: a tqdm progress bar, metrics.jsonl (one record per logged step) and
 TensorBoard (tensorboardX); without the bar (train.progress_bar=False, or stderr not a
-terminal), one printed line per logged step. Only process 0 writes."""
+terminal), one printed line per logged step. Only process 0 writes.
+
+metrics.jsonl has flat keys (step, loss, tokens_per_s, tokens_seen, eval_loss, ...); TensorBoard
+has them as train/<key>, eval_<key> as eval/<key> and s, b as train/s/layer<l>/head<h>, and the
+run's config once, as the text 'config' (with its hyper-parameters as a table) at step 0."""
 import json
 import os
 import sys
@@ -10,7 +14,19 @@ import jax
 import numpy as np
 import tqdm
 
+from ssmax_jax.train import config as config_lib
+
 METRICS_FILE = "metrics.jsonl"
+
+
+def tensorboard_tag(key: str) -> str:
+  """metrics.jsonl key -> TensorBoard tag: eval_loss -> eval/loss, loss -> train/loss."""
+  return "eval/" + key[len("eval_"):] if key.startswith("eval_") else "train/" + key
+
+
+def _hparams_table(config) -> str:
+  rows = [f"| {k} | {v!r} |" for k, v in sorted(config_lib._flat(config).items())]
+  return "\n".join(["| key | value |", "|---|---|", *rows])
 
 
 def _jsonable(value):
@@ -55,10 +71,12 @@ class MetricsWriter:
       if key in ("s", "b"):
         for layer, heads in enumerate(value):
           for head, x in enumerate(heads):
-            self.tb.add_scalar(f"{key}/layer{layer}/head{head}", x, step)
+            self.tb.add_scalar(f"train/{key}/layer{layer}/head{head}", x, step)
       elif isinstance(value, (int, float)) and key != "step":
-        self.tb.add_scalar(key, value, step)
+        self.tb.add_scalar(tensorboard_tag(key), value, step)
     postfix = {"loss": f"{record['loss']:.4f}"}
+    if record.get("eval_loss") is not None:
+      postfix["eval"] = f"{record['eval_loss']:.4f}"
     if record.get("tokens_per_s"):
       postfix["tok/s"] = f"{record['tokens_per_s']:,.0f}"
     if record.get("mfu") is not None:
@@ -71,6 +89,14 @@ class MetricsWriter:
       self.bar.refresh()
     else:  # no bar (logs, non-interactive runs): one line per logged step
       print(f"step {step}: " + " ".join(f"{k} {v}" for k, v in postfix.items()), flush=True)
+
+  def log_config(self, config):
+    """The run's config (JSON) and its hyper-parameters (a key/value table) as TensorBoard text
+    at step 0; the trainer calls it once, when a run starts at step 0."""
+    if not self.enabled:
+      return
+    self.tb.add_text("config", "```json\n" + config_lib.to_json(config) + "\n```", 0)
+    self.tb.add_text("hparams", _hparams_table(config), 0)
 
   def message(self, text: str):
     if not self.enabled:

@@ -104,6 +104,22 @@ def make_train_step(graphdef, state_treedef, leaf_shardings, batch_sharding, met
                  out_shardings=(leaf_shardings, metrics_sharding), donate_argnums=0)
 
 
+def make_eval_step(graphdef, state_treedef, leaf_shardings, batch_sharding, metrics_sharding,
+                   *, loss_kwargs=None):
+  """Returns eval_step(leaves, batch) -> {'loss_sum', 'tokens'}: the training loss (loss_sum)
+  of a batch without gradients, jitted for the step's state layout (make_train_step's
+  arguments); the state is read, not donated."""
+  def eval_step(leaves, batch):
+    model, _ = nnx.merge(graphdef, jax.tree.unflatten(state_treedef, leaves))
+    loss, tokens = loss_sum(model, batch, **(loss_kwargs or {}))
+    return {"loss_sum": loss, "tokens": tokens}
+
+  batch_shardings = {k: batch_sharding for k in
+                     ("inputs", "targets", "segment_ids", "positions", "loss_mask")}
+  return jax.jit(eval_step, in_shardings=(list(leaf_shardings), batch_shardings),
+                 out_shardings=metrics_sharding)
+
+
 def flops_per_token(cfg, num_params: int, seq_len: int) -> float:
   """Training FLOPs per token: 6 x (parameters without the embedding table) + attention, the
   count of shared/bench/jax_gpt_anchor.py so MFU figures compare."""

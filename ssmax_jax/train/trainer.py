@@ -20,7 +20,7 @@ from ssmax_jax.train import workdir as workdir_lib
 from ssmax_jax.train.data import make_batches, to_global
 from ssmax_jax.train.metrics import MetricsWriter
 from ssmax_jax.train.optim import make_optimizer, make_schedule
-from ssmax_jax.train.step import flops_per_token, loss_options, make_train_step
+from ssmax_jax.train.step import flops_per_token, loss_options, make_eval_step, make_train_step
 
 # Dense bf16 peak TFLOP/s per device, for MFU (config.train.peak_tflops overrides).
 PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("TPU v6", 918.0),
@@ -71,11 +71,6 @@ def _check_run(config, cfg, mesh):
     raise ValueError("config.train.loss_implementation='pallas' needs whole rows of logits on "
                      f"each device, but config.mesh.shape splits the vocabulary over "
                      f"{mesh.shape['tensor']} tensor shards: use tensor 1 or 'xla'.")
-  tokenizer = data_lib.get_tokenizer(config.data.tokenizer)
-  if cfg.vocab_size < tokenizer.vocab_size:
-    raise ValueError(f"config.model.vocab_size={cfg.vocab_size} is smaller than the "
-                     f"{tokenizer.name!r} tokenizer's {tokenizer.vocab_size} ids; set it to "
-                     f"{tokenizer.vocab_size}.")
   if config.init.workdir:
     init_cfg = config_lib.model_config(ckpt_lib.read_config(config.init.workdir))
     for name in _ARCHITECTURE:
@@ -119,6 +114,29 @@ def train_step_fn(graphdef, treedef, leaf_shardings, mesh, config):
       loss_kwargs=loss_options(config))
 
 
+def eval_step_fn(graphdef, treedef, leaf_shardings, mesh, config):
+  """The jitted validation loss (step.make_eval_step) for that state on `mesh`."""
+  return make_eval_step(graphdef, treedef, leaf_shardings, mesh_lib.batch_sharding(mesh),
+                        mesh_lib.replicated(mesh), loss_kwargs=loss_options(config))
+
+
+def _eval_batches(config) -> list[dict] | None:
+  """This process's validation batches (None when train.eval_every is 0), read before training:
+  train.eval_batches batches of batch_size // grad_accum_steps sequences."""
+  t, d = config.train, config.data
+  if not t.eval_every:
+    return None
+  try:
+    return data_lib.make_eval_batches(
+        d.source, d.tokenizer, t.seq_len, t.batch_size // t.grad_accum_steps,
+        shard_index=jax.process_index(), shard_count=jax.process_count(), packing=d.packing,
+        num_batches=t.eval_batches)
+  except ValueError as e:
+    raise ValueError(f"config.train.eval_every={t.eval_every} needs the validation split of "
+                     f"config.data.source={d.source!r}: {e} Or set config.train.eval_every=0 "
+                     "to train without evaluations.") from None
+
+
 class _State:
   """The model and optimizer as (graphdef, sharded state), with the jitted step for them."""
 
@@ -146,6 +164,8 @@ class _State:
     self.leaves, self.treedef = jax.tree.flatten(jax.device_put(state, shardings))
     self.step_fn = train_step_fn(graphdef, self.treedef, jax.tree.leaves(shardings), self.mesh,
                                  self.config)
+    self.eval_fn = eval_step_fn(graphdef, self.treedef, jax.tree.leaves(shardings), self.mesh,
+                                self.config)  # compiled on its first call
 
   @property
   def state(self):
@@ -156,6 +176,12 @@ class _State:
     """One train step on a global batch; returns its metrics (device arrays)."""
     self.leaves, metrics = self.step_fn(self.leaves, batch)
     return metrics
+
+  def eval_loss(self, batches) -> float:
+    """The mean loss per token over global `batches` (no gradients, no update)."""
+    sums = jax.device_get([self.eval_fn(self.leaves, b) for b in batches])
+    tokens = sum(float(m["tokens"]) for m in sums)
+    return sum(float(m["loss_sum"]) for m in sums) / max(tokens, 1.0)
 
   def objects(self):
     return nnx.merge(self.graphdef, self.state)
@@ -242,18 +268,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     NonFiniteLossError: when the loss or gradient norm becomes NaN/Inf (the last good
       checkpoint stays the latest).
   """
+  config = config_lib.resolve_vocab_size(config)  # a copy; vocab_size None -> the data's
   cfg = config_lib.validate(config)
   workdir_lib.check_path(workdir)
   if config.distributed:
     jax.distributed.initialize()
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   _check_run(config, cfg, mesh)
+  eval_batches = _eval_batches(config)  # raises when eval_every > 0 and there is no validation
   batches = make_batches(config)  # raises on missing, empty or corrupt data
   os.makedirs(workdir, exist_ok=True)
   lock = workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
   try:
     workdir_lib.check_resume(workdir, config)  # before anything in the workdir changes
-    return _run(config, cfg, mesh, batches, workdir)
+    return _run(config, cfg, mesh, batches, eval_batches, workdir)
   finally:
     batches.close()  # stops grain's worker processes, also when the resume is refused
     if lock is not None:
@@ -277,7 +305,11 @@ def _nonfinite_message(bad_step, ckpt, last_saved, restored_step):
   return message
 
 
-def _run(config, cfg, mesh, batches, workdir) -> dict:
+def _evaluates(t, step) -> bool:
+  return t.eval_every > 0 and (step % t.eval_every == 0 or step == t.num_steps)
+
+
+def _run(config, cfg, mesh, batches, eval_batches, workdir) -> dict:
   """train() past its checks, with the workdir locked."""
   t = config.train
   tx = make_optimizer(config.optimizer, t.num_steps)
@@ -302,6 +334,8 @@ def _run(config, cfg, mesh, batches, workdir) -> dict:
   flops_tok = flops_per_token(cfg, num_params, t.seq_len)
   peak = _peak_flops(config)
   writer = MetricsWriter(workdir, t.num_steps, step, progress_bar=t.progress_bar)
+  if step == 0:
+    writer.log_config(config)
   writer.message(f"{num_params:,} parameters, attention {st.attention!r}, mesh "
                  f"{dict(mesh.shape)}, starting at step {step} of {t.num_steps}.")
   stop = {"reason": None}  # set by SIGTERM or the time limit; the loop saves and stops
@@ -345,7 +379,8 @@ def _run(config, cfg, mesh, batches, workdir) -> dict:
           stop["reason"] = f"time limit of {t.max_minutes:g} min"
         save = (step % config.checkpoint.every_steps == 0 or step == t.num_steps
                 or stop["reason"] is not None)
-        if not (save or step % t.log_every == 0):
+        evaluate = _evaluates(t, step)
+        if not (save or evaluate or step % t.log_every == 0):
           continue
         values = jax.device_get(pending)  # the only host sync: every log_every steps
         pending = []
@@ -361,13 +396,19 @@ def _run(config, cfg, mesh, batches, workdir) -> dict:
         record = {"step": s_last, "loss": float(last["loss"]),
                   "loss_mean": float(np.mean([m["loss"] for _, m in values])),
                   "grad_norm": float(last["grad_norm"]), "lr": float(schedule(s_last - 1)),
-                  "tokens": float(last["tokens"]), "tokens_per_s": rate,
+                  "tokens": float(last["tokens"]), "tokens_seen": step * tokens_per_step,
+                  "tokens_per_s": rate,
                   "mfu": rate * flops_tok / peak if rate and peak else None,
                   "input_wait": waiting,
                   "attention": st.attention}
         for name in ("s", "b"):
           if name in last:
             record[name] = last[name]
+        if evaluate:
+          if not isinstance(eval_batches[0]["inputs"], jax.Array):
+            eval_batches = [to_global(b, batch_sharding) for b in eval_batches]
+          record["eval_loss"] = st.eval_loss(eval_batches)
+          t_mark = time.perf_counter()  # the evaluation's time is not the training's
         writer.write(record)
         if save:
           meta = {"step": step, "attention": st.attention, "seed": config.seed}
