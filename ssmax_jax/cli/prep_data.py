@@ -58,8 +58,8 @@ def _train_command(index: dict) -> str:
 
 def _main(argv):
   del argv
-  fmt = sources.input_format(_GLOB.value, _FORMAT.value)
   try:
+    fmt = sources.input_format(_GLOB.value, _FORMAT.value)
     index = sources.prepare_text_files(
         _GLOB.value, _TOKENIZER.value, _OUT.value, val_fraction=_VAL_FRACTION.value,
         num_workers=_WORKERS.value, seed=_SEED.value, input_format_name=fmt, field=_field(fmt),
