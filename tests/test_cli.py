@@ -25,9 +25,9 @@ def test_every_config_key_has_a_description():
 def test_unknown_config_key_is_one_line_with_the_suggestion():
   nested = AttributeError(KeyError(
       "'nm_steps'\nDid you mean \"num_steps\" instead of \"nm_steps\"?"))
-  assert program.config_key_error(nested) == (
-      "error: unknown config key 'nm_steps'; Did you mean \"num_steps\" instead of \"nm_steps\"? "
-      "(--print_config lists every key)")
+  assert program.config_key_error(nested, ["p", "--config.train.nm_steps=3"]) == (
+      "error: unknown config key 'config.train.nm_steps'; Did you mean \"num_steps\" instead "
+      "of \"nm_steps\"? (--print_config lists every key)")
 
 
 @pytest.mark.parametrize("args, code, expect", [

@@ -222,7 +222,7 @@ def _huge_lr(opt_config):
 
 # 4. Metrics after a resume.
 
-def _tensorboard_steps(workdir, tag="loss") -> list[int]:
+def _tensorboard_steps(workdir, tag="train/loss") -> list[int]:
   """The steps of `tag` that TensorBoard shows: a SessionLog START at step s hides the events
   of earlier files at steps >= s (tensorboardX's purge_step)."""
   from tensorboardX.proto import event_pb2

@@ -8,15 +8,18 @@ from absl import flags
 _SHORT_HELP = ("--help", "-h", "-?", "--helpshort")
 
 
-def config_key_error(error: Exception) -> str:
-  """One line for ml_collections' error on an unknown --config.KEY: its text is the key in
-  quotes, then maybe a line 'Did you mean ...?'."""
+def config_key_error(error: Exception, argv=()) -> str:
+  """One line for ml_collections' error on an unknown --config.KEY: its text is the last part
+  of the key in quotes, then maybe a line 'Did you mean ...?'; argv gives the whole key."""
   while error.args and isinstance(error.args[0], Exception):  # AttributeError(KeyError(...))
     error = error.args[0]
   text = str(error.args[0]) if error.args else str(error)
   key, _, hint = text.partition("\n")
+  key = key.strip().strip("'\"")
+  given = [a[2:].split("=")[0] for a in argv if a.startswith("--config.")]
+  key = next((g for g in given if g.split(".")[-1] == key), key)
   hint = f"; {hint.strip()}" if hint.strip() else ""
-  return f"error: unknown config key {key.strip()}{hint} (--print_config lists every key)"
+  return f"error: unknown config key '{key}'{hint} (--print_config lists every key)"
 
 
 def _usage(doc: str, module: str, full: bool):
@@ -40,5 +43,5 @@ def run(main, doc: str, module: str, rewrite=None):
     except flags.Error as e:
       sys.exit(f"error: {e}")
     except (AttributeError, KeyError) as e:  # ml_collections' answer to an unknown --config.key
-      sys.exit(config_key_error(e))
+      sys.exit(config_key_error(e, argv))
   app.run(main, flags_parser=parse)
