@@ -2,6 +2,8 @@
 import ast
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A package may import its own layer and those below; data imports nothing of ours. The shipped
 # configs build on train's defaults; the command-line programs (cli) import everything.
@@ -43,19 +45,16 @@ def test_layers_import_only_downward():
   assert list(_violations()) == []
 
 
-def test_the_check_sees_an_upward_import(tmp_path):
-  lib = tmp_path / "ssmax_jax" / "ops"
+@pytest.mark.parametrize("layer, source, found", [
+    ("ops", "from ssmax_jax.train import trainer\nimport benchmarks.timing\n",
+     ["ops/bad.py imports ssmax_jax.train, a layer above ops",
+      "ops/bad.py imports benchmarks.timing"]),
+    ("configs", "from ssmax_jax.cli import train\nfrom configs import tiny\n",  # commands on top
+     ["configs/bad.py imports ssmax_jax.cli, a layer above configs",
+      "configs/bad.py imports configs"]),
+])
+def test_the_check_sees_an_upward_import(tmp_path, layer, source, found):
+  lib = tmp_path / "ssmax_jax" / layer
   lib.mkdir(parents=True)
-  (lib / "bad.py").write_text("from ssmax_jax.train import trainer\nimport benchmarks.timing\n")
-  assert list(_violations(tmp_path)) == [
-      "ops/bad.py imports ssmax_jax.train, a layer above ops",
-      "ops/bad.py imports benchmarks.timing"]
-
-
-def test_only_the_commands_import_the_commands(tmp_path):
-  lib = tmp_path / "ssmax_jax" / "configs"
-  lib.mkdir(parents=True)
-  (lib / "bad.py").write_text("from ssmax_jax.cli import train\nfrom configs import tiny\n")
-  assert list(_violations(tmp_path)) == [
-      "configs/bad.py imports ssmax_jax.cli, a layer above configs",
-      "configs/bad.py imports configs"]
+  (lib / "bad.py").write_text(source)
+  assert list(_violations(tmp_path)) == found
