@@ -51,3 +51,23 @@ def test_sample_command_line():
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 1 and r.stderr.strip() == (
       "error: pass exactly one of --prompt=TEXT and --prompt_file=PATH.")
+
+
+@pytest.mark.parametrize("command, flag, expect", [
+    ("eval_needle", "--depths=abc", "--depths takes comma-separated floats in [0, 1]"),
+    ("eval_loss_by_position", "--batch_size=0", "0 is not a positive integer"),
+    ("eval_attention", "--memory_limit_gb=-1", "--memory_limit_gb must be > 0"),
+])
+def test_eval_flags_are_checked_before_loading_anything(command, flag, expect):
+  r = subprocess.run([sys.executable, "-m", f"experiments.{command}", "--models=/nonexistent",
+                      flag], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1 and expect in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_an_evaluation_with_nan_results_fails():
+  code = ("import sys; sys.argv = ['x', '--models=m']; from absl import flags; "
+          "from ssmax_jax.cli import eval_flags as ec; flags.FLAGS(sys.argv); "
+          "ec.run(lambda: {'results': [{'curves': [{'mean_loss': float('nan')}]}]})")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 1 and "the results hold NaN" in r.stderr

@@ -12,10 +12,14 @@ from ssmax_jax.cli import program
 MULTIPLE = flags.DEFINE_float("multiple", 8.0, "Context length as a multiple of l_train.")
 LENGTH = flags.DEFINE_integer("context_length", 0, "Context length in tokens (the paper: 8000); "
                               "replaces --multiple.")
-TRIALS = flags.DEFINE_integer("trials", 100, "Needle prompts (random city, number, depth).")
+TRIALS = flags.DEFINE_integer("trials", 100, "Needle prompts (random city, number, depth).",
+                              lower_bound=1)
 THETA_SCALE = flags.DEFINE_float("theta_scale", 50.0, "RoPE theta multiple of the model's.")
-BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Prompts per forward.")
-TOP_K = flags.DEFINE_integer("top_k", 10, "Heads shown in the plot and table.")
+BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Prompts per forward.", lower_bound=1)
+TOP_K = flags.DEFINE_integer("top_k", 10, "Heads shown in the plot and table.", lower_bound=1)
+ec.positive("multiple")
+ec.positive("theta_scale")
+ec.positive("context_length", strict=False)
 
 
 def _main(argv):

@@ -9,14 +9,17 @@ from ssmax_jax.cli import eval_flags as ec
 from ssmax_jax.evals import runner
 from ssmax_jax.cli import program
 
-MULTIPLES = flags.DEFINE_list("multiples", ["1", "2", "5", "10", "20"],
-                              "Context lengths as multiples of the training length.")
-LENGTHS = flags.DEFINE_list("context_lengths", [], "Context lengths in tokens (replace --multiples).")
-THETA_SCALES = flags.DEFINE_list("theta_scales", ["1", "50"],
-                                 "RoPE theta multiples of the model's (the paper: 50).")
-NUM_SEQUENCES = flags.DEFINE_integer("num_sequences", 16, "Windows of the validation data per length.")
-BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Sequences per forward.")
-WINDOW = flags.DEFINE_integer("window", 0, "Positions averaged per point (0: l_train // 8).")
+MULTIPLES = ec.number_list("multiples", ["1", "2", "5", "10", "20"],
+                           "Context lengths as multiples of the training length.")
+LENGTHS = ec.number_list("context_lengths", [], "Context lengths in tokens (replace --multiples).",
+                         kind=int)
+THETA_SCALES = ec.number_list("theta_scales", ["1", "50"],
+                              "RoPE theta multiples of the model's (the paper: 50).")
+NUM_SEQUENCES = flags.DEFINE_integer("num_sequences", 16, "Windows of the validation data per "
+                                     "length.", lower_bound=1)
+BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Sequences per forward.", lower_bound=1)
+WINDOW = flags.DEFINE_integer("window", 0, "Positions averaged per point (0: l_train // 8).",
+                              lower_bound=0)
 DOCUMENTS_ONLY = flags.DEFINE_bool(
     "documents_only", False, "Start every window at a document long enough (position = tokens "
     "into the document); default: evenly spaced windows of the stream, across documents.")

@@ -9,15 +9,18 @@ from ssmax_jax.cli import eval_flags as ec
 from ssmax_jax.evals import runner
 from ssmax_jax.cli import program
 
-MULTIPLES = flags.DEFINE_list("multiples", ["1", "2", "5", "10", "20"],
-                              "Context lengths as multiples of the training length.")
-LENGTHS = flags.DEFINE_list("context_lengths", [], "Context lengths in tokens (replace --multiples).")
-DEPTHS = flags.DEFINE_list("depths", [f"{d / 10:g}" for d in range(11)],
-                           "Needle depths, fractions 0..1 of the haystack.")
-TRIALS = flags.DEFINE_integer("trials", 20, "Trials per cell (random city, number, haystack).")
-THETA_SCALES = flags.DEFINE_list("theta_scales", ["50"],
-                                 "RoPE theta multiples of the model's (the paper: 50).")
-BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
+MULTIPLES = ec.number_list("multiples", ["1", "2", "5", "10", "20"],
+                           "Context lengths as multiples of the training length.")
+LENGTHS = ec.number_list("context_lengths", [], "Context lengths in tokens (replace --multiples).",
+                         kind=int)
+DEPTHS = ec.number_list("depths", [f"{d / 10:g}" for d in range(11)],
+                        "Needle depths, fractions 0..1 of the haystack.", high=1.0,
+                        low_open=False)
+TRIALS = flags.DEFINE_integer("trials", 20, "Trials per cell (random city, number, haystack).",
+                              lower_bound=1)
+THETA_SCALES = ec.number_list("theta_scales", ["50"],
+                              "RoPE theta multiples of the model's (the paper: 50).")
+BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.", lower_bound=1)
 METHOD = flags.DEFINE_enum("method", "generate", ["generate", "teacher_forcing"],
                            "generate: greedy decoding with the KV cache; teacher_forcing: one "
                            "forward, argmax at each answer token (the same exact match).")
