@@ -272,3 +272,14 @@ def test_command_lines(run_dir, tmp_path):
                       f"--models={tmp_path / 'nope'}"], cwd=ROOT, env=env, capture_output=True,
                      text=True)
   assert r.returncode == 1 and "error: workdir" in r.stderr
+
+
+def test_report_refuses_truncated_or_incomplete_results(tmp_path):
+  (tmp_path / "config.json").write_text("{}")  # another file of a workdir: not a result, skipped
+  (tmp_path / "needle.json").write_text('{"format": "ssmax_jax.eval.v1", "kind": "nee')
+  with pytest.raises(ValueError, match="needle.json is not a readable evaluation result"):
+    report.gather([str(tmp_path)])
+  (tmp_path / "needle.json").write_text(json.dumps(
+      {"format": common.FORMAT, "kind": "needle", "models": [{"label": "a"}], "results": []}))
+  with pytest.raises(ValueError, match=r"lacks models\[\]\.l_train, models\[\]\.step"):
+    report.gather([str(tmp_path)])

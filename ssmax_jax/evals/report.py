@@ -14,6 +14,23 @@ TITLES = {"loss_by_position": "Test loss by position (Fig. 5)",
           "learned_s": "Learned s (and b) per layer and head"}
 
 
+_RESULT_FILES = {f"{kind}.json" for kind in common.KINDS}
+_KEYS = ("kind", "models", "results")
+_MODEL_KEYS = ("label", "variant", "step", "l_train")
+
+
+def _checked(path: str, doc: dict) -> dict:
+  """doc, if it holds what the page reads; else a ValueError naming the file and the keys."""
+  missing = [k for k in _KEYS if k not in doc]
+  missing += sorted({f"models[].{k}" for m in doc.get("models", ()) for k in _MODEL_KEYS
+                     if k not in m})
+  if missing or doc["kind"] not in common.KINDS:
+    what = f"lacks {', '.join(missing)}" if missing else f"has an unknown kind {doc['kind']!r}"
+    raise ValueError(f"{path} {what}: it was not written by this version's evaluations; run "
+                     "the evaluation again.")
+  return doc
+
+
 def gather(dirs) -> list[tuple[str, dict]]:
   """[(json path, document)] of every evaluation JSON under `dirs` (searched recursively)."""
   found = []
@@ -24,7 +41,10 @@ def gather(dirs) -> list[tuple[str, dict]]:
     for path in sorted(glob.glob(os.path.join(d, "**", "*.json"), recursive=True)):
       doc = common.read_json(path)
       if doc is not None:
-        found.append((path, doc))
+        found.append((path, _checked(path, doc)))
+      elif os.path.basename(path) in _RESULT_FILES:  # ours by name, but unreadable
+        raise ValueError(f"{path} is not a readable evaluation result (truncated, or not "
+                         "JSON): run its evaluation again, or move the file away.")
   if not found:
     raise ValueError(f"no evaluation results ({common.FORMAT} JSON) under {list(dirs)}: run "
                      "the experiments.eval_* commands first.")
