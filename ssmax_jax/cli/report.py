@@ -3,6 +3,7 @@ one markdown page with tables and links to the figures.
 
   python -m experiments.report --runs=runs/eval,runs/ssmax/eval --out=runs/eval/report.md
 """
+import os
 import sys
 
 from absl import flags
@@ -18,6 +19,9 @@ flags.mark_flag_as_required("runs")
 
 def _main(argv):
   del argv
+  if os.path.isdir(OUT.value):
+    sys.exit(f"error: --out={OUT.value} is a directory: name the markdown file to write, e.g. "
+             f"--out={os.path.join(OUT.value, 'eval_report.md')}.")
   try:
     found = report.gather(RUNS.value)
     report.render(found, OUT.value)
