@@ -176,7 +176,8 @@ def test_linen_drop_in_learned_and_fixed():
   p = plain.init(jax.random.key(0), x, mask=mask)
   np.testing.assert_allclose(fixed.apply(p, x, mask=mask), plain.apply(p, x, mask=mask),
                              rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match="sow_weights"):
-    linen.MultiHeadDotProductAttention(
-        num_heads=4, qkv_features=16,
-        attention_fn=make_linen_attention_fn("ssmax")).init(jax.random.key(0), x, mask=mask)
+  # s is a parameter without sow_weights too, and the same one.
+  unsown = learned.init(jax.random.key(0), x, mask=mask)
+  np.testing.assert_allclose(unsown["params"]["ssmax_s"], s)
+  np.testing.assert_allclose(learned.apply(unsown, x, mask=mask),
+                             learned.apply(variables, x, mask=mask, sow_weights=True), rtol=1e-6)

@@ -6,9 +6,11 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.linen import module as linen_module
 from jax.typing import ArrayLike, DTypeLike
 
 from ssmax_jax import ops
+from ssmax_jax.nn import _dropin
 from ssmax_jax.nn._signature import init_signature
 from ssmax_jax.nn.layers import Dense, rope, rope_cos_sin
 from ssmax_jax.nn.partitioning import activation_spec, shard
@@ -306,12 +308,6 @@ class SSMaxAttention(nnx.Module):
     return self.o_proj(out_BTNH.reshape(B, T, N * H))
 
 
-def _check_no_dropout(dropout_rate, deterministic):
-  if dropout_rate and not deterministic:
-    raise ValueError(f"dropout_rate={dropout_rate} is not supported by SSMax attention (the paper"
-                     " uses none): set dropout_rate=0 or deterministic=True.")
-
-
 @init_signature
 class SSMaxAttentionFn(nnx.Module):
   """Drop-in `attention_fn` for flax.nnx.MultiHeadAttention, with its own learned s.
@@ -320,7 +316,12 @@ class SSMaxAttentionFn(nnx.Module):
 
       nnx.MultiHeadAttention(..., attention_fn=SSMaxAttentionFn(num_heads, 'ssmax'), rngs=rngs)
 
-  n is counted from the mask NNX passes (and is_causal). Dropout is not supported.
+  It follows flax's `dot_product_attention` contract: any leading batch dims, masks and bias
+  broadcastable to [..., N, T, S], `sow_weights=True` (the probabilities of the length-scaled
+  logits go where flax puts its own, nnx.Intermediate 'attention_weights' of the attention
+  module) and attention dropout. n is counted from the mask NNX passes (and is_causal).
+  Weights are formed in plain JAX only for sowing or dropout; dropout therefore needs
+  implementation None or 'xla'. docs/variants.md lists where it still differs from flax.
   """
 
   def __init__(self, num_heads: int, variant: str = "ssmax", *, l_train: int = 1024,
@@ -354,33 +355,48 @@ class SSMaxAttentionFn(nnx.Module):
     """Attention as nnx.MultiHeadAttention calls its `attention_fn`.
 
     Args:
-      query: [B,T,N,H].
-      key: [B,S,K,H].
-      value: [B,S,K,H].
-      bias: added to the logits, broadcastable to [B,N,T,S].
-      mask: broadcastable to [B,N,T,S]; nonzero (True) attends. n is counted under it.
+      query: [..., T, N, H] (any number of leading batch dims, none included).
+      key: [..., S, K, H], the batch dims of query.
+      value: [..., S, K, H].
+      bias: added to the logits, broadcastable to [..., N, T, S].
+      mask: broadcastable to [..., N, T, S]; nonzero (True) attends. n is counted under it.
       is_causal: adds the causal mask.
-      dropout_rate: must be 0 unless deterministic (dropout is not supported).
-      deterministic: see dropout_rate.
-      dropout_rng: ignored.
-      broadcast_dropout: ignored.
+      dropout_rate: the attention dropout rate in [0, 1), applied unless deterministic.
+      deterministic: no dropout.
+      dropout_rng: the key dropout draws from (needed with dropout).
+      broadcast_dropout: one dropout pattern for every batch entry and head, as flax.
       dtype: cast query, key and value to this dtype first.
       precision: ignored.
-      module: ignored.
+      module: the module to sow the attention weights [..., N, T, S] into (flax passes it
+        with sow_weights=True); None sows nothing.
       **unused_kwargs: ignored.
 
     Returns:
-      [B,T,N,H].
+      [..., T, N, H].
+
+    Raises:
+      ValueError: for dropout with implementation 'cudnn' or 'pallas', a dropout_rate outside
+        [0, 1), dropout without dropout_rng, or mismatched batch dims.
     """
-    del dropout_rng, broadcast_dropout, precision, module, unused_kwargs
-    _check_no_dropout(dropout_rate, deterministic)
-    if dtype is not None:
-      query, key, value = (x.astype(dtype) for x in (query, key, value))
-    if mask is not None:  # flax builds 0/1 float masks; the op takes booleans
-      mask = jnp.asarray(mask).astype(bool)
-    c_kwargs = self.logit_scale.attention_kwargs(query, key, mask, is_causal=is_causal)
-    return ops.dot_product_attention(query, key, value, bias, mask, is_causal=is_causal,
-                                     implementation=self.implementation, **c_kwargs)
+    del precision, unused_kwargs
+    sow = None if module is None else (
+        lambda w: module.sow(nnx.Intermediate, "attention_weights", w))
+    return _dropin.flax_attention(
+        query, key, value, bias, mask, c_kwargs_fn=functools.partial(
+            self.logit_scale.attention_kwargs, is_causal=is_causal),
+        is_causal=is_causal, dropout_rate=dropout_rate, deterministic=deterministic,
+        dropout_rng=dropout_rng, broadcast_dropout=broadcast_dropout, dtype=dtype, sow=sow,
+        implementation=self.implementation)
+
+
+def _current_linen_module():
+  """The linen module whose method is running: the attention module calling attention_fn."""
+  stack = linen_module._context.module_stack  # linen passes `module` only with sow_weights
+  if not stack or stack[-1] is None:
+    raise ValueError("the linen attention_fn of a learned variant must be called by a linen "
+                     "module (e.g. as MultiHeadDotProductAttention(attention_fn=...)), which "
+                     "holds its s.")
+  return stack[-1]
 
 
 def make_linen_attention_fn(variant: str = "ssmax", *, l_train: int = 1024,
@@ -391,9 +407,12 @@ def make_linen_attention_fn(variant: str = "ssmax", *, l_train: int = 1024,
   """An `attention_fn` for flax.linen.MultiHeadDotProductAttention.
 
   Learned variants (ssmax, ssmax_bias) create their s (and b) as parameters 'ssmax_s' and
-  'ssmax_b' of the attention module, which linen hands to attention_fn only when the module
-  is called with sow_weights=True (`mha.init(key, x, sow_weights=True)` and in every apply);
-  other variants need nothing. Dropout is not supported.
+  'ssmax_b' [N] of the attention module that calls it; other variants need nothing. It
+  follows flax's `dot_product_attention` contract: any leading batch dims, masks and bias
+  broadcastable to [..., N, T, S], `sow_weights=True` (the probabilities of the length-scaled
+  logits go to 'intermediates' 'attention_weights' of the attention module, as flax's) and
+  attention dropout (implementation None or 'xla'). docs/variants.md lists where it still
+  differs from flax.
 
   Args:
     variant: a name in `ssmax_jax.VARIANTS`.
@@ -406,8 +425,8 @@ def make_linen_attention_fn(variant: str = "ssmax", *, l_train: int = 1024,
     implementation: the attention backend; None picks one per platform.
 
   Returns:
-    `attention_fn(query [B,T,N,H], key [B,S,K,H], value [B,S,K,H], bias=None, mask=None,
-    ..., module=None) -> [B,T,N,H]`, with linen's arguments.
+    `attention_fn(query [..., T, N, H], key [..., S, K, H], value [..., S, K, H], bias=None,
+    mask=None, ..., module=None) -> [..., T, N, H]`, with linen's arguments.
 
   Raises:
     ValueError: for an unknown variant.
@@ -416,31 +435,35 @@ def make_linen_attention_fn(variant: str = "ssmax", *, l_train: int = 1024,
 
   def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout=True,
                    dropout_rng=None, dropout_rate=0.0, deterministic=True, dtype=None,
-                   precision=None, module=None):
-    del broadcast_dropout, dropout_rng, precision
-    _check_no_dropout(dropout_rate, deterministic)
-    if dtype is not None:
-      query, key, value = (x.astype(dtype) for x in (query, key, value))
-    if mask is not None:  # flax builds 0/1 float masks; the op takes booleans
-      mask = jnp.asarray(mask).astype(bool)
-    num_heads = query.shape[2]
-    kwargs = {}
-    if variant in ops.LEARNED_VARIANTS:
-      if module is None:
-        raise ValueError(f"variant={variant!r} learns s: call MultiHeadDotProductAttention with"
-                         " sow_weights=True so that linen passes the module to attention_fn.")
-      s0 = ops.default_s_init(l_train) if s_init is None else s_init
-      kwargs["s"] = module.param("ssmax_s", lambda _, shape: jnp.full(shape, s0, jnp.float32),
-                                 (num_heads,))
-      if variant == "ssmax_bias":
-        kwargs["b"] = module.param(
-            "ssmax_b", lambda _, shape: jnp.full(shape, b_init, jnp.float32), (num_heads,))
-    elif variant != "softmax":
-      n = ops.attention_counts(query, key, mask)
-      kwargs["logit_multiplier"] = ops.logit_multiplier(
+                   precision=None, module=None, is_causal=False):
+    del precision
+    owner = module
+    if variant in ops.LEARNED_VARIANTS and owner is None:
+      owner = _current_linen_module()
+
+    def c_kwargs(q_BTNH, k_BSKH, mask):
+      num_heads = q_BTNH.shape[2]
+      if variant in ops.LEARNED_VARIANTS:
+        s0 = ops.default_s_init(l_train) if s_init is None else s_init
+        kwargs = {"s": owner.param("ssmax_s", lambda _, shape: jnp.full(shape, s0, jnp.float32),
+                                   (num_heads,))}
+        if variant == "ssmax_bias":
+          kwargs["b"] = owner.param(
+              "ssmax_b", lambda _, shape: jnp.full(shape, b_init, jnp.float32), (num_heads,))
+        return kwargs
+      if variant == "softmax":
+        return {}
+      n = ops.attention_counts(q_BTNH, k_BSKH, mask, is_causal=is_causal)
+      return {"logit_multiplier": ops.logit_multiplier(
           variant, n, s=fixed_s if variant == "ssmax_fixed" else None, l_train=l_train,
-          floor_scale=floor_scale, attn_scale=attn_scale, num_heads=num_heads)
-    return ops.dot_product_attention(query, key, value, bias, mask,
-                                     implementation=implementation, **kwargs)
+          floor_scale=floor_scale, attn_scale=attn_scale, num_heads=num_heads)}
+
+    sow = None if module is None else (
+        lambda w: module.sow("intermediates", "attention_weights", w))
+    return _dropin.flax_attention(
+        query, key, value, bias, mask, c_kwargs_fn=c_kwargs, is_causal=is_causal,
+        dropout_rate=dropout_rate, deterministic=deterministic, dropout_rng=dropout_rng,
+        broadcast_dropout=broadcast_dropout, dtype=dtype, sow=sow,
+        implementation=implementation)
 
   return attention_fn
