@@ -72,8 +72,12 @@ def flax_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                    c_kwargs_fn: Callable[..., dict], is_causal: bool, dropout_rate: float,
                    deterministic: bool, dropout_rng: jax.Array | None, broadcast_dropout: bool,
                    dtype, sow: Callable[[jax.Array], None] | None,
-                   implementation: str | None) -> jax.Array:
-  """Attention with flax's attention_fn contract, c from c_kwargs_fn(q_BTNH, k_BSKH, mask)."""
+                   implementation: str | None, fp32_weights: bool = False) -> jax.Array:
+  """Attention with flax's attention_fn contract, c from c_kwargs_fn(q_BTNH, k_BSKH, mask).
+
+  fp32_weights keeps the sown (and dropped-out) weights in float32, as linen's
+  force_fp32_for_softmax; otherwise they are in query's dtype.
+  """
   if dtype is not None:
     query, key, value = (jnp.asarray(x).astype(dtype) for x in (query, key, value))
   dropout = bool(dropout_rate) and not deterministic
@@ -95,7 +99,8 @@ def flax_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   if sow is not None or dropout:
     w_BNTS = attention_weights(q_BTNH, k_BSKH, bias, mask, c_kwargs, is_causal=is_causal)
     N, T, S = w_BNTS.shape[1:]
-    w = w_BNTS.astype(query.dtype).reshape(batch + (N, T, S))
+    w_dtype = jnp.float32 if fp32_weights else query.dtype
+    w = w_BNTS.astype(w_dtype).reshape(batch + (N, T, S))
     if sow is not None:
       sow(w)  # before dropout, as flax sows them
   if not dropout:  # sown weights are a debugging aid: the output still comes from the op
@@ -110,5 +115,5 @@ def flax_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   w = w * (keep.astype(w.dtype) / jnp.asarray(keep_prob, w.dtype))
   K = value.shape[-2]
   w_BKGTS = w.reshape(B, K, N // K, T, S)
-  out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", w_BKGTS, v_BSKH)
+  out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", w_BKGTS, v_BSKH.astype(w.dtype))
   return out_BTKGH.reshape(query.shape[:-1] + value.shape[-1:]).astype(query.dtype)

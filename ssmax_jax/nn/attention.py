@@ -411,8 +411,8 @@ def make_linen_attention_fn(variant: str = "ssmax", *, l_train: int = 1024,
   follows flax's `dot_product_attention` contract: any leading batch dims, masks and bias
   broadcastable to [..., N, T, S], `sow_weights=True` (the probabilities of the length-scaled
   logits go to 'intermediates' 'attention_weights' of the attention module, as flax's) and
-  attention dropout (implementation None or 'xla'). docs/variants.md lists where it still
-  differs from flax.
+  attention dropout (implementation None or 'xla'); force_fp32_for_softmax keeps the sown
+  weights in float32. docs/variants.md lists where it still differs from flax.
 
   Args:
     variant: a name in `ssmax_jax.VARIANTS`.
@@ -435,7 +435,7 @@ def make_linen_attention_fn(variant: str = "ssmax", *, l_train: int = 1024,
 
   def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout=True,
                    dropout_rng=None, dropout_rate=0.0, deterministic=True, dtype=None,
-                   precision=None, module=None, is_causal=False):
+                   precision=None, module=None, is_causal=False, force_fp32_for_softmax=False):
     del precision
     owner = module
     if variant in ops.LEARNED_VARIANTS and owner is None:
@@ -464,6 +464,6 @@ def make_linen_attention_fn(variant: str = "ssmax", *, l_train: int = 1024,
         query, key, value, bias, mask, c_kwargs_fn=c_kwargs, is_causal=is_causal,
         dropout_rate=dropout_rate, deterministic=deterministic, dropout_rng=dropout_rng,
         broadcast_dropout=broadcast_dropout, dtype=dtype, sow=sow,
-        implementation=implementation)
+        implementation=implementation, fp32_weights=force_fp32_for_softmax)
 
   return attention_fn
