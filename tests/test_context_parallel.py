@@ -1,8 +1,10 @@
 """Attention with the sequence sharded over a context axis of 4 simulated CPU devices equals the
-unsharded op, values and gradients, with documents crossing the shard boundaries.
+unsharded op, values and gradients, with documents crossing the shard boundaries; training
+with context sharding gives the losses of one device.
 
-jax fixes its device count at import, so the sharded runs happen in one subprocess with
-XLA_FLAGS set; it records each case's largest relative error, or its traceback, by name.
+jax fixes its device count at import, so the sharded runs happen in subprocesses with
+XLA_FLAGS set (4 devices: the op and two meshes; 8: the third mesh), meanwhile the one-device
+reference trains here; each records its cases' results, or tracebacks, by name.
 """
 import json
 import os
@@ -12,13 +14,45 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from ssmax_jax import ops
+from ssmax_jax.configs import test_tiny
+from ssmax_jax.train import mesh as mesh_lib
+from ssmax_jax.train import read_metrics, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("softmax", "ssmax", "ssmax_bias", "logit_multiplier")
 MASKS = ("causal", "window")
+TRAIN_MESHES = {4: [(1, 1, 4, 1), (2, 1, 2, 1)], 8: [(1, 2, 2, 2)]}
+
+
+def _config(shape=(1, 1, 1)):
+  """The float32 test config with packed documents and SSMax on a mesh of `shape`."""
+  c = test_tiny.get_config()
+  c.train.update(num_steps=3, log_every=1, seq_len=64)
+  c.data.packing = True
+  c.checkpoint.update(every_steps=1000)
+  c.mesh.shape = shape
+  return c
+
+
+_TRAIN = textwrap.dedent("""
+    import contextlib, io, json, sys, traceback
+    import jax
+    from ssmax_jax.train import read_metrics, train
+    from tests.test_context_parallel import TRAIN_MESHES, _config
+    for shape in TRAIN_MESHES[jax.device_count()]:
+      workdir, log = f"{sys.argv[1]}/{shape}".replace(" ", ""), io.StringIO()
+      try:
+        with contextlib.redirect_stdout(log):
+          train(_config(shape), workdir)
+        out[str(shape)] = dict(losses=[r["loss"] for r in read_metrics(workdir)],
+                               log=log.getvalue())
+      except Exception:
+        out[str(shape)] = {"error": traceback.format_exc()[-3000:]}
+""")
 
 _SCRIPT = textwrap.dedent("""
     import json, traceback
@@ -37,7 +71,6 @@ _SCRIPT = textwrap.dedent("""
     s, b = jnp.linspace(0.5, 1.5, N), jnp.linspace(-0.2, 0.3, N)
     mesh = jax.make_mesh((1, C, 1), ("data", "context", "tensor"),
                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
-    out = {}
 
     def loss_fn(variant, masking, implementation=None, **extra):
       kw = dict(is_causal=masking == "causal", segment_ids=seg,
@@ -107,18 +140,34 @@ _SCRIPT = textwrap.dedent("""
       part(f"zigzag_{variant}", lambda: zigzag(variant))
     part("pallas", lambda: under_mesh("ssmax", "causal", "pallas"))
     part("refusal", refusal)
-    print(json.dumps(out))
 """)
 
 
 @pytest.fixture(scope="module")
-def runs():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=ROOT,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+def runs(tmp_path_factory):
+  """{case: result} of both subprocesses, and "one": the one-device losses."""
+  tmp_path = tmp_path_factory.mktemp("context")
+  procs = []
+  for devices, script in ((4, "out = {}\n" + _SCRIPT + _TRAIN), (8, "out = {}\n" + _TRAIN)):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    script += "print(json.dumps(out))\n"
+    procs.append(subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env=env,
+                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True))
+  out = {}
+  try:
+    train(_config(), str(tmp_path / "one"))
+    out["one"] = [r["loss"] for r in read_metrics(str(tmp_path / "one"))]
+    for proc in procs:
+      stdout, stderr = proc.communicate(timeout=600)
+      assert proc.returncode == 0, stderr[-3000:]
+      out.update(json.loads(stdout.strip().splitlines()[-1]))
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  return out
 
 
 def _part(runs, name):
@@ -157,3 +206,22 @@ def test_context_axis_name_needs_query_positions():
                      in_specs=jax.P(None, "i"), out_specs=jax.P(None, "i"))
   with pytest.raises(ValueError, match="needs query_positions"):
     jax.jit(fn)(q)
+
+
+@pytest.mark.parametrize("shape", [s for shapes in TRAIN_MESHES.values() for s in shapes])
+def test_context_sharded_training_matches_one_device(runs, shape):
+  got = _part(runs, str(shape))
+  assert len(runs["one"]) == 3 and runs["one"][-1] < runs["one"][0]
+  np.testing.assert_allclose(got["losses"], runs["one"], atol=2e-4, err_msg=str(shape))
+
+
+def test_logged_mesh_names_every_axis(runs):
+  assert "mesh {'data': 1, 'fsdp': 2, 'context': 2, 'tensor': 2}" in _part(
+      runs, "(1, 2, 2, 2)")["log"]
+
+
+def test_three_entry_mesh_shape_is_data_fsdp_tensor():
+  assert mesh_lib.mesh_shape((2, 1, 4), 8) == (2, 1, 1, 4)
+  assert mesh_lib.mesh_shape((1, -1, 2, 2), 8) == (1, 2, 2, 2)
+  with pytest.raises(ValueError, match="must be 4 sizes"):
+    mesh_lib.mesh_shape((8, 1), 8)
