@@ -53,7 +53,7 @@ def norm_grads_under_mesh(mesh_shape):
   want = jax.jit(lambda: grads("xla", None))()
   with jax.set_mesh(mesh_lib.make_mesh(mesh_shape)):
     spec = activation_spec(x.shape, ("act_batch", "act_seq", "act_embed"))
-    assert spec == P(("data", "fsdp"), None, None), spec
+    assert spec == P(("data", "fsdp"), "context", None), spec
     got = jax.jit(lambda: grads("pallas", spec))()
   return [float(jnp.max(jnp.abs(a - b))) for a, b in zip(got, want)]
 
@@ -72,7 +72,7 @@ def rope_grads_under_mesh(mesh_shape):
   want = jax.jit(lambda: ops.rotate_back_stacked(g_q, g_k, cos, sin, implementation="xla"))()
   with jax.set_mesh(mesh_lib.make_mesh(mesh_shape)):
     spec = activation_spec(g_q.shape, ("act_batch", "act_seq", "act_heads", "act_head_dim"))
-    assert spec == P(("data", "fsdp"), None, "tensor", None), spec
+    assert spec == P(("data", "fsdp"), "context", "tensor", None), spec
     got = jax.jit(lambda: ops.rotate_back_stacked(g_q, g_k, cos, sin, spec=spec,
                                                   implementation="pallas"))()
   return float(jnp.max(jnp.abs(got - want)))

@@ -1,4 +1,5 @@
-"""Logical axis names and the one table that maps them to mesh axes (data, fsdp, tensor).
+"""Logical axis names and the one table that maps them to mesh axes (data, fsdp, context,
+tensor).
 
 Parameters carry logical names in their `out_sharding` metadata; activations are constrained
 with `shard`. The trainer turns names into shardings with `nnx.logical_axis_rules(RULES)`.
@@ -6,7 +7,7 @@ with `shard`. The trainer turns names into shardings with `nnx.logical_axis_rule
 import jax
 from jax.sharding import PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "context", "tensor")
 
 RULES = (
     # parameters
@@ -19,7 +20,7 @@ RULES = (
     ("norm", None),
     # activations
     ("act_batch", ("data", "fsdp")),
-    ("act_seq", None),
+    ("act_seq", "context"),  # the sequence, split for context parallelism
     ("act_embed", None),
     ("act_heads", "tensor"),
     ("act_kv_heads", "tensor"),

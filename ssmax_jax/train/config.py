@@ -105,7 +105,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.final_lr_ratio = 0.1  # cosine: lr at the last step / lr
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices
+  c.mesh.shape = (-1, 1, 1)  # (data, fsdp, [context,] tensor); one -1 takes the rest
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000
@@ -172,7 +172,8 @@ DESCRIPTIONS = {
     "optimizer.schedule": "after warm-up: 'constant' or 'cosine'",
     "optimizer.warmup_steps": "linear warm-up steps",
     "optimizer.final_lr_ratio": "cosine: lr at the last step / lr",
-    "mesh.shape": "(data, fsdp, tensor) devices; one -1 takes the rest",
+    "mesh.shape": "(data, fsdp, context, tensor) devices, or 3 as (data, fsdp, tensor); "
+                  "one -1 takes the rest",
     "checkpoint.every_steps": "steps between checkpoints",
     "checkpoint.keep": "checkpoints kept",
     "checkpoint.async_save": "save in the background",
@@ -395,8 +396,9 @@ def validate(config: ml_collections.ConfigDict) -> TransformerConfig:
   if config.data.kind not in DATA_KINDS:
     raise ValueError(f"config.data.kind={config.data.kind!r}; choose one of {DATA_KINDS}.")
   shape = tuple(config.mesh.shape)
-  if len(shape) != 3 or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-    raise ValueError(f"config.mesh.shape={shape} must be 3 sizes (data, fsdp, tensor), each "
+  if len(shape) not in (3, 4) or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f"config.mesh.shape={shape} must be 4 sizes (data, fsdp, context, tensor) "
+                     "or 3 (data, fsdp, tensor), each "
                      ">= 1 or one of them -1 (the remaining devices).")
   if config.switch.step >= 0:
     if config.switch.step >= t.num_steps:

@@ -1,4 +1,4 @@
-"""The device mesh (data, fsdp, tensor) and shardings from logical axis names.
+"""The device mesh (data, fsdp, context, tensor) and shardings from logical axis names.
 
 Logical names live on the parameters (`out_sharding` metadata) and map to mesh axes through the
 single table ssmax_jax.nn.partitioning.RULES.
@@ -14,9 +14,15 @@ from jax.sharding import PartitionSpec as P
 from ssmax_jax.nn.partitioning import MESH_AXES, fit_spec, logical_to_spec
 
 
-def mesh_shape(shape, num_devices: int) -> tuple[int, int, int]:
-  """Resolves one -1 in (data, fsdp, tensor) to the remaining devices."""
+def mesh_shape(shape, num_devices: int) -> tuple[int, int, int, int]:
+  """(data, fsdp, context, tensor) from 4 sizes, or from 3 meaning (data, fsdp, tensor) with
+  context 1; one -1 takes the remaining devices."""
   shape = tuple(int(s) for s in shape)
+  if len(shape) == 3:
+    shape = (shape[0], shape[1], 1, shape[2])
+  if len(shape) != 4:
+    raise ValueError(f"config.mesh.shape={shape} must be 4 sizes (data, fsdp, context, tensor) "
+                     "or 3 (data, fsdp, tensor).")
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if num_devices % known:
@@ -55,7 +61,8 @@ def state_shardings(state, mesh):
 
 
 def batch_sharding(mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(("data", "fsdp"), None))
+  """[B,T] token arrays: rows over data x fsdp, the sequence over context."""
+  return NamedSharding(mesh, P(("data", "fsdp"), "context"))
 
 
 def replicated(mesh) -> NamedSharding:

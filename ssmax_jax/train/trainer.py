@@ -61,6 +61,9 @@ def _check_run(config, cfg, mesh):
         f"config.train.batch_size={t.batch_size} must be divisible by grad_accum_steps "
         f"({t.grad_accum_steps}) x the batch shards of the mesh (data x fsdp = {shards}); "
         "change the batch size, grad_accum_steps or config.mesh.shape.")
+  if t.seq_len % mesh.shape["context"]:
+    raise ValueError(f"config.train.seq_len={t.seq_len} must be divisible by the context axis "
+                     f"of config.mesh.shape ({mesh.shape['context']}): it splits the sequence.")
   if t.batch_size % jax.process_count():
     raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by the "
                      f"number of processes ({jax.process_count()}).")

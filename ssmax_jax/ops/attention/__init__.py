@@ -5,7 +5,8 @@ and variants.py compute the masks, counts n and multipliers; the backends, one m
 each with `unsupported_reason(*, query, key, spec, bias, default_positions, platform)`:
 reference.py ('xla'), cudnn.py, and the Pallas kernels ('pallas'): triton.py (any GPU; CPU in
 interpret mode), mosaic_gpu.py with its backward in mosaic_gpu_vjp.py (Hopper), mosaic_tpu.py.
-kernel_common.py holds math the kernels share, tuning.py their tuned settings.
+kernel_common.py holds math the kernels share, tuning.py their tuned settings;
+context_parallel.py runs the op on a sequence sharded over a context axis.
 
 Every kernel module exposes the same function (the kernel contract)::
 

@@ -18,7 +18,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from ssmax_jax.ops import _dispatch
-from ssmax_jax.ops.attention import masks, variants
+from ssmax_jax.ops.attention import context_parallel, masks, variants
 from ssmax_jax.ops.attention.masks import is_traced
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
@@ -159,7 +159,7 @@ def dot_product_attention(
     query_positions: ArrayLike | None = None,
     local_window_size: int | tuple[int, int] | None = None,
     query_seq_lengths: ArrayLike | None = None, key_value_seq_lengths: ArrayLike | None = None,
-    implementation: str | None = None) -> jax.Array:
+    implementation: str | None = None, context_axis_name: str | None = None) -> jax.Array:
   """Scaled dot-product attention whose logits for query i are multiplied by c_i.
 
   A drop-in for `jax.nn.dot_product_attention`. The logit of query i and key j is
@@ -193,6 +193,11 @@ def dot_product_attention(
     key_value_seq_lengths: [B] ints; keys at or past each length are not attended (padding).
     implementation: None (or 'auto'): the fastest backend for the platform and arguments;
       'xla', 'cudnn' or 'pallas' insist on that backend (ValueError if it cannot take the call).
+    context_axis_name: inside a shard_map that splits the sequence over this axis: q/k/v are
+      this device's tokens, in any order, and `query_positions` their global positions
+      (required). Under jit with a mesh whose 'context' axis is > 1 the op shards by itself.
+      Either way (self-attention, S == T) key j sits at query j's position; see
+      docs/scaling.md.
 
   Returns:
     [B,T,N,H] in query's dtype.
@@ -202,6 +207,14 @@ def dot_product_attention(
   """
   _check_qkv(query, key, value)
   query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+  if context_axis_name is not None or context_parallel.context_shards() > 1:
+    return context_parallel.attention(
+        query, key, value, bias, mask, context_axis_name=context_axis_name,
+        query_positions=query_positions, segment_ids=segment_ids,
+        query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths, s=s,
+        b=b, logit_multiplier=logit_multiplier, run=dot_product_attention, scale=scale,
+        is_causal=is_causal, local_window_size=local_window_size,
+        implementation=implementation)
   B, T, N, H = query.shape
   S = key.shape[1]
   spec = masks.make_mask_spec(
