@@ -60,8 +60,9 @@ def compile_step(config):
   # The library picks its GPU kernels (cuDNN attention, the Pallas loss and norm) by asking
   # jax.default_backend(), which is the CPU here.
   jax.default_backend = lambda: "gpu"
-  mesh = jax.sharding.Mesh(np.array(topology.devices).reshape(1, 1, 1), mesh_lib.MESH_AXES,
-                           axis_types=(jax.sharding.AxisType.Auto,) * 3)  # as mesh_lib's
+  mesh = jax.sharding.Mesh(np.array(topology.devices).reshape(
+      (1,) * len(mesh_lib.MESH_AXES)), mesh_lib.MESH_AXES,
+      axis_types=(jax.sharding.AxisType.Auto,) * len(mesh_lib.MESH_AXES))  # as mesh_lib's
   tx = make_optimizer(config.optimizer, config.train.num_steps)
   _, graphdef, abstract, shardings = trainer.abstract_state(validate(config), tx, mesh,
                                                             config.seed)
