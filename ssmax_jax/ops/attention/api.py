@@ -150,64 +150,58 @@ def _run(name, q, k, v, c, spec, *, scale, bias, n, default_positions):
                                  window=spec.window, interpret=_dispatch.platform() == "cpu")
 
 
-def dot_product_attention(
-    query: jax.Array, key: jax.Array, value: jax.Array, bias: ArrayLike | None = None,
-    mask: ArrayLike | None = None, *, s: ArrayLike | None = None, b: ArrayLike | None = None,
-    logit_multiplier: ArrayLike | None = None, scale: float | None = None,
-    is_causal: bool = False,
-    segment_ids: ArrayLike | tuple[ArrayLike, ArrayLike] | None = None,
-    query_positions: ArrayLike | None = None,
-    local_window_size: int | tuple[int, int] | None = None,
-    query_seq_lengths: ArrayLike | None = None, key_value_seq_lengths: ArrayLike | None = None,
-    implementation: str | None = None, context_axis_name: str | None = None) -> jax.Array:
-  """Scaled dot-product attention whose logits for query i are multiplied by c_i.
+def _check_ranks(query, key, value) -> bool:
+  """True for unbatched [T,N,H] / [S,K,H] inputs, False for batched rank-4 ones."""
+  ranks = tuple(jnp.ndim(x) for x in (query, key, value))
+  if ranks == (3, 3, 3):
+    return True
+  if ranks != (4, 4, 4) and len(set(ranks)) != 1:
+    raise ValueError(f"query, key and value have ranks {ranks}; pass all batched ([B,T,N,H], "
+                     "[B,S,K,H]) or all unbatched ([T,N,H], [S,K,H]).")
+  return False
 
-  A drop-in for `jax.nn.dot_product_attention`. The logit of query i and key j is
-  c_i * scale * <q_i, k_j> (+ bias), softmaxed over the keys query i attends. c comes from
-  one of: `s` (and `b`): c = s*log(n) (+ b), with n the number of keys query i attends after
-  every mask (SSMax); `logit_multiplier`: c given directly (any variant, see
-  `logit_multiplier`); none of them: c = 1, plain softmax, equal to
-  `jax.nn.dot_product_attention` except that a query attending no key returns zeros.
-  All masks combine (a key is attended only if every one allows it).
 
-  Args:
-    query: [B,T,N,H] queries.
-    key: [B,S,K,H] keys; N % K == 0 (GQA: query head h reads kv head h // (N // K)).
-    value: [B,S,K,H] values, the shape of `key`.
-    bias: added to the logits after c, broadcastable to [B,N,T,S]; does not change n.
-    mask: boolean, broadcastable to [B,N,T,S]; True attends.
-    s: SSMax's scale, a scalar or [N] (one per query head).
-    b: the bias of c = s*log(n) + b (the paper's variant (d)), a scalar or [N]; needs `s`.
-    logit_multiplier: c as float32 [B,T,N] (or [B,T,1]); exclusive with `s` and `b`.
-    scale: multiplies the logits; None is 1/sqrt(H). A finite number, or a traced scalar
-      (then applied through c).
-    is_causal: query i attends keys at positions <= its query position.
-    segment_ids: [B,T] ids (self-attention, S == T), or a ([B,T], [B,S]) pair of query and
-      key ids; a query attends only keys with its id (packed documents).
-    query_positions: [B,T] or [T] int positions of the queries for `is_causal` and
-      `local_window_size` (default 0..T-1; keys are at 0..S-1), e.g. for KV-cache decoding.
-    local_window_size: (left, right) non-negative ints, or an int for both (static Python
-      or NumPy ints; sides past 2**30 are clamped): query at position p attends keys
-      in [p - left, p + right].
-    query_seq_lengths: [B] ints; rows at or past each length are returned as zeros.
-    key_value_seq_lengths: [B] ints; keys at or past each length are not attended (padding).
-    implementation: None (or 'auto'): the fastest backend for the platform and arguments;
-      'xla', 'cudnn' or 'pallas' insist on that backend (ValueError if it cannot take the call).
-    context_axis_name: inside a shard_map that splits the sequence over this axis: q/k/v are
-      this device's tokens, in any order, and `query_positions` their global positions
-      (required). Under jit with a mesh whose 'context' axis is > 1 the op shards by itself.
-      Either way (self-attention, S == T) key j sits at query j's position; see
-      docs/scaling.md.
+def _unbatched_bcast(name, x):
+  """bias or mask of an unbatched call: broadcastable to [N,T,S], given a batch axis of 1."""
+  if x is None:
+    return None
+  if jnp.ndim(x) > 3:
+    raise ValueError(f"{name} has shape {jnp.shape(x)}; with unbatched query [T,N,H] it must "
+                     "be broadcastable to [N,T,S] (rank 3 at most).")
+  x = jnp.asarray(x)
+  return x.reshape((1,) * (4 - x.ndim) + x.shape)
 
-  Returns:
-    [B,T,N,H] in query's dtype.
 
-  Raises:
-    ValueError: on any inconsistent shape, dtype or argument, before any compute.
-  """
+def _unbatched_length(name, x):
+  """A sequence length of an unbatched call: a scalar, made [1]."""
+  if x is None:
+    return None
+  if jnp.ndim(x) != 0:
+    raise ValueError(f"{name} has shape {jnp.shape(x)}; with unbatched query [T,N,H] it must "
+                     "be a scalar.")
+  return (jnp if is_traced(x) or isinstance(x, jax.Array) else np).reshape(x, (1,))
+
+
+def _choose_residual(implementation):
+  """The backend of a return_residual call: XLA computes the log-sum-exp (docs/variants.md)."""
+  implementation = _dispatch.normalize("attention", implementation, IMPLEMENTATIONS)
+  if implementation not in (None, "xla"):
+    raise ValueError(f"return_residual=True runs on implementation='xla' only, not "
+                     f"{implementation!r}: pass implementation=None or 'xla'.")
+  return "xla"
+
+
+def _attention_batched(query, key, value, bias, mask, *, s, b, logit_multiplier, scale,
+                       is_causal, segment_ids, query_positions, local_window_size,
+                       query_seq_lengths, key_value_seq_lengths, implementation,
+                       return_residual, context_axis_name):
+  """dot_product_attention on [B,T,N,H] queries (every argument batched)."""
   _check_qkv(query, key, value)
   query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
   if context_axis_name is not None or context_parallel.context_shards() > 1:
+    if return_residual:
+      raise ValueError("return_residual=True is not available with the sequence sharded over "
+                       "a context axis: call without it, or unsharded.")
     return context_parallel.attention(
         query, key, value, bias, mask, context_axis_name=context_axis_name,
         query_positions=query_positions, segment_ids=segment_ids,
@@ -238,9 +232,11 @@ def dot_product_attention(
     # key; the multiplier arguments are still checked against the shapes.
     _multiplier(spec, N, s, b, logit_multiplier, jnp.zeros((B, T), jnp.int32))
     _dispatch.normalize("attention", implementation, IMPLEMENTATIONS)
-    return jnp.zeros(query.shape, query.dtype)
+    out = jnp.zeros(query.shape, query.dtype)
+    return (out, jnp.full((B, T, N), -jnp.inf, jnp.float32)) if return_residual else out
   default_positions = query_positions is None
-  impl = _choose(implementation, query, key, spec, bias, default_positions)
+  impl = _choose_residual(implementation) if return_residual else _choose(
+      implementation, query, key, spec, bias, default_positions)
   # n serves s (and b) and cuDNN's zeroing of empty rows: counted once, only if needed.
   zeroes_empty_rows = impl == "cudnn" and not masks.every_query_attends(spec)
   n = masks.counts_from_spec(spec) if (s is not None or zeroes_empty_rows) else None
@@ -255,11 +251,111 @@ def dot_product_attention(
     query = jnp.where(valid_BT[:, :, None, None], query, 0).astype(query.dtype)
     if c is not None:
       c = jnp.where(valid_BT[:, :, None], c, 0)
-  out = _run(impl, query, key, value, c, spec, scale=scale, bias=bias, n=n,
-             default_positions=default_positions)
+  if return_residual:
+    out, lse_BTN = _BACKENDS["xla"].attention_xla(query, key, value, c, spec, scale=scale,
+                                                  bias=bias, return_residual=True)
+    lse_BTN = jax.lax.stop_gradient(lse_BTN)
+  else:
+    out = _run(impl, query, key, value, c, spec, scale=scale, bias=bias, n=n,
+               default_positions=default_positions)
   if spec.q_valid_B is not None:
     out = jnp.where(valid_BT[:, :, None, None], out, 0).astype(out.dtype)
-  return out
+    if return_residual:  # a row past its length attends no key
+      lse_BTN = jnp.where(valid_BT[:, :, None], lse_BTN, -jnp.inf)
+  return (out, lse_BTN) if return_residual else out
+
+
+def dot_product_attention(
+    query: jax.Array, key: jax.Array, value: jax.Array, bias: ArrayLike | None = None,
+    mask: ArrayLike | None = None, *, s: ArrayLike | None = None, b: ArrayLike | None = None,
+    logit_multiplier: ArrayLike | None = None, scale: float | None = None,
+    is_causal: bool = False,
+    segment_ids: ArrayLike | tuple[ArrayLike, ArrayLike] | None = None,
+    query_positions: ArrayLike | None = None,
+    local_window_size: int | tuple[int, int] | None = None,
+    query_seq_lengths: ArrayLike | None = None, key_value_seq_lengths: ArrayLike | None = None,
+    implementation: str | None = None, return_residual: bool = False,
+    context_axis_name: str | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
+  """Scaled dot-product attention whose logits for query i are multiplied by c_i.
+
+  A drop-in for `jax.nn.dot_product_attention`. The logit of query i and key j is
+  c_i * scale * <q_i, k_j> (+ bias), softmaxed over the keys query i attends. c comes from
+  one of: `s` (and `b`): c = s*log(n) (+ b), with n the number of keys query i attends after
+  every mask (SSMax); `logit_multiplier`: c given directly (any variant, see
+  `logit_multiplier`); none of them: c = 1, plain softmax, equal to
+  `jax.nn.dot_product_attention` except that a query attending no key returns zeros.
+  All masks combine (a key is attended only if every one allows it).
+
+  Unbatched inputs (query [T,N,H], key and value [S,K,H], as `jax.nn` takes them, e.g. under
+  `jax.vmap`) drop B from every per-batch argument: segment_ids [T] (or a ([T], [S]) pair),
+  query_positions [T], the seq lengths scalars, logit_multiplier [T,N], bias and mask
+  broadcastable to [N,T,S]; the output is then [T,N,H] (the residual [T,N]).
+
+  Args:
+    query: [B,T,N,H] queries (or [T,N,H], see above).
+    key: [B,S,K,H] keys; N % K == 0 (GQA: query head h reads kv head h // (N // K)).
+    value: [B,S,K,H] values, the shape of `key`.
+    bias: added to the logits after c, broadcastable to [B,N,T,S]; does not change n.
+    mask: boolean, broadcastable to [B,N,T,S]; True attends.
+    s: SSMax's scale, a scalar or [N] (one per query head).
+    b: the bias of c = s*log(n) + b (the paper's variant (d)), a scalar or [N]; needs `s`.
+    logit_multiplier: c as float32 [B,T,N] (or [B,T,1]); exclusive with `s` and `b`.
+    scale: multiplies the logits; None is 1/sqrt(H). A finite number, or a traced scalar
+      (then applied through c).
+    is_causal: query i attends keys at positions <= its query position.
+    segment_ids: [B,T] ids (self-attention, S == T), or a ([B,T], [B,S]) pair of query and
+      key ids; a query attends only keys with its id (packed documents).
+    query_positions: [B,T] or [T] int positions of the queries for `is_causal` and
+      `local_window_size` (default 0..T-1; keys are at 0..S-1), e.g. for KV-cache decoding.
+    local_window_size: (left, right) non-negative ints, or an int for both (static Python
+      or NumPy ints; sides past 2**30 are clamped): query at position p attends keys
+      in [p - left, p + right].
+    query_seq_lengths: [B] ints; rows at or past each length are returned as zeros.
+    key_value_seq_lengths: [B] ints; keys at or past each length are not attended (padding).
+    implementation: None (or 'auto'): the fastest backend for the platform and arguments;
+      'xla', 'cudnn' or 'pallas' insist on that backend (ValueError if it cannot take the call).
+    return_residual: also return the log-sum-exp of the final logits (computed by 'xla').
+    context_axis_name: inside a shard_map that splits the sequence over this axis: q/k/v are
+      this device's tokens, in any order, and `query_positions` their global positions
+      (required). Under jit with a mesh whose 'context' axis is > 1 the op shards by itself.
+      Either way (self-attention, S == T) key j sits at query j's position; see
+      docs/scaling.md.
+
+  Returns:
+    [B,T,N,H] in query's dtype; with return_residual, (that, residual), the residual being the
+    natural-log log-sum-exp over the attended keys of the final logits (scaled, times c,
+    biased, masked), float32 [B,T,N] (jax.nn returns it in the input dtype; float32 keeps it
+    exact for merging partial attentions), -inf for a query that attends no key, under
+    lax.stop_gradient.
+
+  Raises:
+    ValueError: on any inconsistent shape, dtype or argument, before any compute.
+  """
+
+  unbatched = _check_ranks(query, key, value)
+  if unbatched:
+    batch = lambda x: None if x is None else jnp.asarray(x)[None]
+    bias, mask = _unbatched_bcast("bias", bias), _unbatched_bcast("mask", mask)
+    if isinstance(segment_ids, (tuple, list)):
+      segment_ids = type(segment_ids)(batch(x) for x in segment_ids)
+    else:
+      segment_ids = batch(segment_ids)
+    query_positions = batch(query_positions)
+    query_seq_lengths, key_value_seq_lengths = (
+        _unbatched_length(name, x) for name, x in (("query_seq_lengths", query_seq_lengths),
+                                                   ("key_value_seq_lengths",
+                                                    key_value_seq_lengths)))
+    logit_multiplier = batch(logit_multiplier)
+    query, key, value = batch(query), batch(key), batch(value)
+  result = _attention_batched(
+      query, key, value, bias, mask, s=s, b=b, logit_multiplier=logit_multiplier, scale=scale,
+      is_causal=is_causal, segment_ids=segment_ids, query_positions=query_positions,
+      local_window_size=local_window_size, query_seq_lengths=query_seq_lengths,
+      key_value_seq_lengths=key_value_seq_lengths, implementation=implementation,
+      return_residual=return_residual, context_axis_name=context_axis_name)
+  if not unbatched:
+    return result
+  return jax.tree.map(lambda x: x[0], result)
 
 
 def attention_counts(
@@ -275,8 +371,10 @@ def attention_counts(
   for any variant.
 
   Args:
-    query: [B,T,...] (usually [B,T,N,H]); an array or a jax.ShapeDtypeStruct.
-    key: [B,S,...]; an array or a jax.ShapeDtypeStruct.
+    query: [B,T,...] (usually [B,T,N,H]), or an unbatched [T,N,H] with key [S,K,H] (the
+      per-batch arguments then drop B, as in `dot_product_attention`); an array or a
+      jax.ShapeDtypeStruct.
+    key: [B,S,...] (or [S,K,H]); an array or a jax.ShapeDtypeStruct.
     mask: as in `dot_product_attention`.
     is_causal: as in `dot_product_attention`.
     segment_ids: as in `dot_product_attention`.
@@ -285,8 +383,20 @@ def attention_counts(
     key_value_seq_lengths: as in `dot_product_attention`.
 
   Returns:
-    int32 [B,T], or [B,T,N] if `mask` varies by head.
+    int32 [B,T], or [B,T,N] if `mask` varies by head ([T] or [T,N] unbatched).
   """
+  if len(jnp.shape(query)) == 3 and len(jnp.shape(key)) == 3:
+    batch = lambda x: None if x is None else jnp.asarray(x)[None]
+    if isinstance(segment_ids, (tuple, list)):
+      segment_ids = type(segment_ids)(batch(x) for x in segment_ids)
+    return attention_counts(
+        jax.ShapeDtypeStruct((1,) + tuple(query.shape), query.dtype),
+        jax.ShapeDtypeStruct((1,) + tuple(key.shape), key.dtype),
+        _unbatched_bcast("mask", mask), is_causal=is_causal,
+        segment_ids=segment_ids if isinstance(segment_ids, (tuple, list)) else batch(segment_ids),
+        query_positions=batch(query_positions), local_window_size=local_window_size,
+        key_value_seq_lengths=_unbatched_length("key_value_seq_lengths",
+                                                key_value_seq_lengths))[0]
   for name, x in (("query", query), ("key", key)):
     if len(jnp.shape(x)) < 2:
       raise ValueError(f"{name} has shape {jnp.shape(x)}; expected at least [B, length].")

@@ -158,7 +158,7 @@ def make_mask_spec(query_shape, key_shape, mask=None, *, is_causal=False, segmen
     m = jnp.asarray(mask)
     if m.dtype != jnp.bool_:
       raise ValueError(f"mask has dtype {m.dtype}; it must be boolean (True = attend).")
-    if m.ndim < 2 or m.ndim > 4:
+    if m.ndim > 4:
       raise ValueError(f"mask has rank {m.ndim}; it must be broadcastable to [B,N,T,S].")
     m = m.reshape((1,) * (4 - m.ndim) + m.shape)
     n = num_heads if num_heads is not None else m.shape[1]

@@ -13,8 +13,12 @@ def unsupported_reason(*, query, key, spec, bias, default_positions, platform):
   return None
 
 
-def attention_xla(q_BTNH, k_BSKH, v_BSKH, c_BTN, spec: masks.MaskSpec, *, scale, bias=None):
+def attention_xla(q_BTNH, k_BSKH, v_BSKH, c_BTN, spec: masks.MaskSpec, *, scale, bias=None,
+                  return_residual=False):
   """Softmax of c * scale * q.k (+ bias) over the allowed keys; zeros where none is allowed.
+
+  return_residual: also return the natural-log log-sum-exp of the final logits, float32
+  [B,T,N], -inf for a row that attends no key.
 
   float64 inputs (x64 enabled) are computed in float64, everything else in float32. A
   non-finite entry of q, k or v reaches only the pairs that attend its row: the matmuls see
@@ -50,4 +54,11 @@ def attention_xla(q_BTNH, k_BSKH, v_BSKH, c_BTN, spec: masks.MaskSpec, *, scale,
   probs_BKGTS = probs_BNTS.reshape(B, K, G, T, -1)
   out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS, v_BSKH.astype(dt),
                          precision=precision)
-  return out_BTKGH.reshape(B, T, N, H).astype(q_BTNH.dtype)
+  out_BTNH = out_BTKGH.reshape(B, T, N, H).astype(q_BTNH.dtype)
+  if not return_residual:
+    return out_BTNH
+  lse_BNT = jnp.where(denom_BNT1[..., 0] > 0,
+                      row_max_BNT1[..., 0] + jnp.log(jnp.where(denom_BNT1[..., 0] > 0,
+                                                               denom_BNT1[..., 0], 1.0)),
+                      -jnp.inf)
+  return out_BTNH, jnp.transpose(lse_BNT, (0, 2, 1)).astype(jnp.float32)
