@@ -52,7 +52,8 @@ _ATTENTION = flags.DEFINE_list("attention", ["softmax", "ssmax"], "Attention var
 _VOCAB_PAD = flags.DEFINE_list("vocab_pad", ["64", "1"], "model.vocab_pad_multiple values.")
 _CHUNK = flags.DEFINE_list("chunk", ["config"], "train.loss_chunk_tokens values; 'config' "
                            "keeps the model config's.")
-_REMAT = flags.DEFINE_list("remat", ["false"], "model.remat values.")
+_REMAT = flags.DEFINE_list("remat", ["none"], "model.remat_policy values: none, block, dots "
+                           "(false and true: none and block).")
 _LOGITS = flags.DEFINE_list("logits_dtype", ["bfloat16"],
                             "train.loss_logits_dtype values (bfloat16: the paper config's).")
 _LOSS_IMPL = flags.DEFINE_list("loss_implementation", ["auto"],
@@ -93,7 +94,7 @@ def _config(attention, vocab_pad, chunk, remat, logits_dtype, loss_implementatio
   else:
     c = reproduce.get_config(_MODEL.value)
     del c["recipe"]
-  c.model.update(attention=attention, vocab_pad_multiple=vocab_pad, remat=remat,
+  c.model.update(attention=attention, vocab_pad_multiple=vocab_pad, remat_policy=remat,
                  implementation=None if attn_impl == "auto" else attn_impl)
   if norm_impl != "paper":
     c.model.norm_implementation = norm_impl
@@ -171,9 +172,11 @@ def measure(config, name="step") -> dict:
       profile["idle"] = trace_analysis.device_idle(path, _PROFILE.value, top=_PROFILE_TOP.value)
       profile["host"] = trace_analysis.host_events(path, _PROFILE.value, top=_PROFILE_TOP.value)
   num_params = count_params(st.objects()[0])
+  stats = jax.devices()[0].memory_stats() or {}
+  peak_gib = stats.get("peak_bytes_in_use", 0) / 2 ** 30 or None
   tps = B * T / dt
   peak = trainer._peak_flops(config)
-  return dict(params=num_params, init_s=init_s, compile_s=compile_s, profile=profile, **parts,
+  return dict(params=num_params, peak_gib=peak_gib, init_s=init_s, compile_s=compile_s, profile=profile, **parts,
               step_ms=dt * 1e3, host_ms=host_s * 1e3, waited_ms=waited_s * 1e3,
               tokens_per_s=tps,
               mfu=tps * flops_per_token(cfg, num_params, T) / peak if peak else None, loss=loss)
@@ -243,7 +246,8 @@ def main(argv):
   for attention, pad, chunk, remat, logits, loss_impl, attn_impl, norm_impl in itertools.product(
       _ATTENTION.value, _VOCAB_PAD.value, _CHUNK.value, _REMAT.value, _LOGITS.value,
       _LOSS_IMPL.value, _ATTN_IMPL.value, _NORM_IMPL.value):
-    config = _config(attention, int(pad), chunk, remat.lower() == "true", logits, loss_impl,
+    remat = {"false": "none", "true": "block"}.get(remat.lower(), remat)
+    config = _config(attention, int(pad), chunk, remat, logits, loss_impl,
                      attn_impl, norm_impl)
     name = (f"attention={attention} vocab_pad={pad} chunk={config.train.loss_chunk_tokens} "
             f"remat={remat} logits={logits} loss={loss_impl}"
@@ -256,7 +260,8 @@ def main(argv):
     print(f"{name}: params={r['params'] / 1e6:.1f}M init={r['init_s']:.0f}s "
           f"compile={r['compile_s']:.0f}s{parts} "
           f"step={r['step_ms']:.1f}ms tokens/s={r['tokens_per_s']:,.0f} MFU={mfu} "
-          f"loss={r['loss']:.3f}", flush=True)
+          f"loss={r['loss']:.3f} peak_mem="
+          + ("n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}GiB"), flush=True)
     if r["profile"] is not None:
       print(profiling.format_summary(r["profile"], top=_PROFILE_TOP.value,
                                      sources=r["profile"]["sources"]), flush=True)

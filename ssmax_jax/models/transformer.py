@@ -13,6 +13,8 @@ from ssmax_jax.nn import Dense, RMSNorm, SSMaxAttention, shard
 from ssmax_jax.nn._signature import init_signature
 from ssmax_jax.nn.layers import param
 
+REMAT_POLICIES = ("none", "block", "dots")
+
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
@@ -41,7 +43,10 @@ class TransformerConfig:
     dtype: the compute dtype.
     param_dtype: the dtype parameters are stored in.
     norm_eps: RMSNorm's epsilon.
-    remat: rematerialise each block in the backward (less memory, more compute).
+    remat: deprecated alias of remat_policy: True is 'block' (removed in the next release).
+    remat_policy: the backward's rematerialisation, one of REMAT_POLICIES: 'none' keeps every
+      activation, 'block' recomputes each block, 'dots' keeps the blocks' matmul outputs and
+      recomputes the rest (norms, RoPE, activations).
     implementation: the attention backend (`ssmax_jax.dot_product_attention`); None picks one
       per platform.
     norm_implementation: the residual add + RMSNorm: None (alias 'auto': a Pallas kernel on a
@@ -66,11 +71,17 @@ class TransformerConfig:
   param_dtype: str = "float32"
   norm_eps: float = 1e-6
   remat: bool = False
+  remat_policy: str = "none"
   implementation: str | None = None
   norm_implementation: str | None = None
 
   def __post_init__(self):
     ops.check_variant(self.attention)
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy={self.remat_policy!r}; choose one of {REMAT_POLICIES}.")
+    if self.remat and self.remat_policy not in ("none", "block"):
+      raise ValueError(f"remat=True (deprecated: remat_policy='block') contradicts "
+                       f"remat_policy={self.remat_policy!r}: drop remat.")
     ops.check_norm_implementation(self.norm_implementation)
     if self.d_model % self.num_heads:
       raise ValueError(f"num_heads={self.num_heads} must divide d_model={self.d_model}.")
@@ -80,6 +91,11 @@ class TransformerConfig:
     for name in ("vocab_size", "d_model", "num_layers", "d_ff", "l_train", "vocab_pad_multiple"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+
+  @property
+  def remat_mode(self) -> str:
+    """remat_policy with the deprecated remat=True read as 'block'."""
+    return "block" if self.remat else self.remat_policy
 
   @property
   def padded_vocab_size(self) -> int:
@@ -176,10 +192,13 @@ class Transformer(nnx.Module):
     kwargs = dict(positions_BT=positions_BT, segment_ids_BT=segment_ids_BT,
                   rope_theta=rope_theta, decode=decode)
     delta_BTD = None
+    mode = self.config.remat_mode
     for block in self.blocks:
-      if self.config.remat and not decode:
-        x_BTD, delta_BTD = nnx.remat(lambda blk, x, d: blk(x, d, **kwargs))(block, x_BTD,
-                                                                            delta_BTD)
+      if mode != "none" and not decode:
+        policy = None if mode == "block" else (
+            jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+        x_BTD, delta_BTD = nnx.remat(lambda blk, x, d: blk(x, d, **kwargs), policy=policy)(
+            block, x_BTD, delta_BTD)
       else:
         x_BTD, delta_BTD = block(x_BTD, delta_BTD, **kwargs)
     return self.final_norm.add_norm(x_BTD, delta_BTD)[1]

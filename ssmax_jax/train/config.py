@@ -225,6 +225,7 @@ RESUMABLE_KEYS = frozenset({
     "train.profile_steps", "train.max_minutes",
     "train.eval_every", "train.eval_batches",  # no effect on parameters, batches or RNG
     "model.implementation", "model.norm_implementation", "model.remat",
+    "model.remat_policy",
     "checkpoint.every_steps", "checkpoint.keep", "checkpoint.async_save",
     "checkpoint.restart_if_unreadable",
     "init.workdir", "init.step",  # read at step 0 only
