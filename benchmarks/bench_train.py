@@ -66,6 +66,9 @@ _NORM_IMPL = flags.DEFINE_list("norm_implementation", ["paper"], "model.norm_imp
 _XLA_FLAGS = flags.DEFINE_string("xla_flags", "paper", "XLA flags for the whole run (XLA reads "
                                   "them once): 'paper' takes paper_162m's config.xla_flags; '' "
                                   "none beyond XLA_FLAGS.")
+_MEAN_DOC = flags.DEFINE_float("mean_doc", 0, "Mean document length of a packed batch (documents "
+                                "drawn as shared/bench/torch_docmask_anchor.py draws them, "
+                                "data.packing on); 0: one unpacked sequence per row.")
 _SMALL = flags.DEFINE_bool("small", False, "A tiny model for a CPU smoke test.")
 _MODEL = flags.DEFINE_enum("model", "paper_162m", ["paper_162m", "h200_small"],
                            "The model: configs/paper_162m.py, or the h200_small preset of "
@@ -104,10 +107,25 @@ def _config(attention, vocab_pad, chunk, remat, logits_dtype, loss_implementatio
   if chunk != "config":
     c.train.loss_chunk_tokens = int(chunk)
   c.mesh.shape = (1, 1, 1)
+  c.data.packing = _MEAN_DOC.value > 0
   if _SMALL.value:
     c.model.update(vocab_size=512, d_model=64, num_layers=2, num_heads=4, d_ff=128,
                    dtype="float32")
   return c
+
+
+def packed_documents(B, T, mean_doc, seed=0):
+  """(segment_ids, positions) [B,T] int32 of documents drawn as the docmask anchor draws them:
+  exponential lengths of mean `mean_doc`, at least 16, cut at the row's end."""
+  rng = np.random.default_rng(seed)
+  seg, pos = np.zeros((B, T), np.int32), np.zeros((B, T), np.int32)
+  for b in range(B):
+    t, d = 0, 0
+    while t < T:
+      n = int(min(max(16, rng.exponential(mean_doc)), T - t))
+      seg[b, t:t + n], pos[b, t:t + n] = d, np.arange(n)
+      t, d = t + n, d + 1
+  return seg, pos
 
 
 def dump_hlo(text, name):
@@ -138,6 +156,10 @@ def measure(config, name="step") -> dict:
                  segment_ids=np.ones((B, T), np.int32),
                  positions=np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)),
                  loss_mask=np.ones((B, T), np.float32))
+  if _MEAN_DOC.value > 0:
+    batch["segment_ids"], batch["positions"] = packed_documents(B, T, _MEAN_DOC.value)
+    print(f"packed: {int(batch['segment_ids'].max(1).sum()) + B} documents in {B}x{T} "
+          f"(mean_doc={_MEAN_DOC.value:g})")
   batch = jax.device_put({k: jnp.asarray(v) for k, v in batch.items()},
                          mesh_lib.batch_sharding(mesh))
   parts = _time_parts(st, batch, config, mesh) if _BREAKDOWN.value else {}
