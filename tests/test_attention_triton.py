@@ -16,6 +16,7 @@ import pytest
 
 from ssmax_jax.ops.attention import triton
 from tests import attention_cases as ac
+from tests import op_backends as ob
 
 TOLS = {jnp.float32: (ac.F32_TOL, ac.F32_TOL), jnp.bfloat16: (2e-2, 4e-2)}
 INTERPRET = jax.default_backend() == "cpu"
@@ -84,3 +85,21 @@ def test_default_settings_follow_the_tuning_table():
       fwd=(128, 128, 8, 3), dkdv=(64, 64, 4, 3), dq=(64, 64, 4, 3))
   assert triton.default_settings(128) == triton.Settings(
       fwd=(128, 64, 8, 3), dkdv=(64, 128, 8, 3), dq=(128, 64, 8, 3))
+
+
+def test_forward_and_backward_lower_to_triton_for_h200_without_a_gpu():
+  # Every primitive of the kernels (the masked-row cleaning included) must have a Triton
+  # lowering; interpret mode on the CPU does not check that.
+  B, T, N, H = 2, 256, 4, 64
+  x = jax.ShapeDtypeStruct((B, T, N, H), jnp.bfloat16)
+  args = (x, x, x, jax.ShapeDtypeStruct((B, T, N), jnp.float32),
+          jax.ShapeDtypeStruct((B, T), jnp.int32), jax.ShapeDtypeStruct((B,), jnp.int32))
+
+  def out(q, k, v, c, seg, kv_len):
+    return triton.flash_attention(q, k, v, c, None, seg, seg, kv_len, scale=0.125, causal=True,
+                                  window=None)
+
+  loss = lambda *a: out(*a).astype(jnp.float32).sum()
+  assert "__gpu$xla.gpu.triton" in ob.h200_lowering(out, *args)
+  assert ob.h200_lowering(jax.grad(loss, argnums=(0, 1, 2, 3)), *args).count(
+      "__gpu$xla.gpu.triton") == 3

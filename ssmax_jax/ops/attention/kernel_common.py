@@ -36,5 +36,7 @@ def split_nonfinite(x_RH):
   NaN is NaN inside the matmul. The kernels multiply clean rows and add the NaN back only to the
   logits (or logit gradients) of the pairs that do attend the row."""
   finite = jnp.isfinite(x_RH)
-  poison = jnp.where(finite.all(axis=-1), 0.0, jnp.nan).astype(jnp.float32)
+  # A sum of flags, not finite.all(): Pallas Triton has no lowering for reduce_and.
+  bad_R = jnp.sum(jnp.where(finite, 0.0, 1.0), axis=-1)
+  poison = jnp.where(bad_R == 0, 0.0, jnp.nan).astype(jnp.float32)
   return jnp.where(finite, x_RH, jnp.zeros_like(x_RH)), poison
