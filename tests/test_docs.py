@@ -41,8 +41,12 @@ def test_readme_has_the_op_and_decoding_examples():
 
 
 @pytest.mark.parametrize("index", range(len(_readme_python_blocks())))
-def test_readme_python_block_runs(index):
+def test_readme_python_block_runs(index, tmp_path, monkeypatch):
   block = _readme_python_blocks()[index]
+  monkeypatch.chdir(tmp_path)  # the tokenizer recipe reads corpus/*.txt and writes a folder
+  (tmp_path / "corpus").mkdir()
+  for name in ("a.txt", "b.txt"):
+    (tmp_path / "corpus" / name).write_text("To be, or not to be, that is the question.\n" * 50)
   namespace = {}
   exec(compile(block, f"README.md python block {index}", "exec"), namespace)
   if "tokens" in namespace and "generate(" in block:  # the decoding example
